@@ -1,0 +1,750 @@
+//! The blocking client: connection, producers, consumers and topic subscriptions.
+//!
+//! One [`Connection`] owns one socket and is used from one thread (handles share it through
+//! `Rc`). Nothing runs in the background: every call that waits first writes what is buffered,
+//! then reads and dispatches frames until its condition holds. Sends are buffered into a PUBLISH
+//! batch and leave when the batch is full or when something waits, so a stream of sends costs one
+//! syscall per batch, and a request/response loop costs one per message.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::wire::deliver::FLAG_REDELIVERED;
+use crate::wire::frame::{FLAG_MULTIPLE, FRAME_BODY_MAX};
+use crate::wire::publish::{DestKind, PublishWriter};
+use crate::wire::record::{RecordMeta, RecordView};
+use crate::wire::{self, Command, Opcode, PROTOCOL_VERSION};
+use crate::{Durability, Endpoint, Error};
+
+/// Tuning for one connection. The defaults suit both streaming and request/response.
+#[derive(Debug, Clone)]
+pub struct ConnectionOptions {
+    /// Spin on a non-blocking socket instead of sleeping in `read`: lowest latency, one busy core.
+    pub busy_poll: bool,
+    /// A PUBLISH batch is closed and sent once it reaches this many bytes.
+    pub batch_bytes: usize,
+    /// Publish frames awaiting their confirm before `send` waits: bounds the server's memory
+    /// and the client's exposure on a failure.
+    pub max_unconfirmed: usize,
+    /// Bound on every wait that has no timeout of its own (handshake, declare, flush).
+    pub request_timeout: Duration,
+    pub client_name: String,
+}
+
+impl Default for ConnectionOptions {
+    fn default() -> Self {
+        ConnectionOptions {
+            busy_poll: false,
+            batch_bytes: 64 << 10,
+            max_unconfirmed: 256,
+            request_timeout: Duration::from_secs(30),
+            client_name: "rdmq-client".to_string(),
+        }
+    }
+}
+
+/// Options of a queue declaration; zero means the server's default.
+#[derive(Debug, Clone, Default)]
+pub struct QueueOptions {
+    pub durability: Durability,
+    pub max_deliveries: u32,
+    pub max_length: u32,
+    /// Empty: `<queue>.dlq`.
+    pub dead_letter: String,
+}
+
+/// A message with its optional parts, for [`Producer::send_message`].
+#[derive(Debug, Clone, Default)]
+pub struct Message {
+    pub payload: Vec<u8>,
+    pub id: u64,
+    pub ttl_ms: u32,
+    pub correlation_id: Vec<u8>,
+    pub reply_to: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Message {
+    pub fn new(payload: impl Into<Vec<u8>>) -> Message {
+        Message { payload: payload.into(), ..Default::default() }
+    }
+    pub fn id(mut self, id: u64) -> Self {
+        self.id = id;
+        self
+    }
+    pub fn ttl_ms(mut self, ttl_ms: u32) -> Self {
+        self.ttl_ms = ttl_ms;
+        self
+    }
+    pub fn correlation_id(mut self, c: impl Into<Vec<u8>>) -> Self {
+        self.correlation_id = c.into();
+        self
+    }
+    pub fn reply_to(mut self, r: impl Into<String>) -> Self {
+        self.reply_to = r.into();
+        self
+    }
+    pub fn header(mut self, k: impl Into<String>, v: impl Into<String>) -> Self {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+}
+
+/// A received message. Cheap to clone: it shares the frame it arrived in.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    frame: Rc<[u8]>,
+    record_at: u32,
+    record_len: u32,
+    payload_at: u32,
+    pub consumer: u32,
+    /// Tag to settle this delivery with; 0 for topic subscriptions.
+    pub tag: u64,
+    /// How many times the message has been delivered, this time included.
+    pub delivery_count: u32,
+    pub redelivered: bool,
+}
+
+impl Delivery {
+    pub fn payload(&self) -> &[u8] {
+        &self.frame[self.payload_at as usize..(self.record_at + self.record_len) as usize]
+    }
+
+    /// The whole record: id, timestamp, TTL, correlation id, reply-to and headers.
+    pub fn record(&self) -> RecordView<'_> {
+        let at = self.record_at as usize;
+        RecordView::decode(&self.frame[at..at + self.record_len as usize])
+            .expect("validated on receipt")
+    }
+}
+
+/// Identifies one send; [`Producer::wait`] returns once it is confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    request_id: u64,
+}
+
+enum Reply {
+    Ok,
+    Pong,
+    Error(u16, String),
+}
+
+struct OpenBatch {
+    kind: DestKind,
+    name: String,
+    request_id: u64,
+    writer: PublishWriter,
+}
+
+struct Inner {
+    sock: TcpStream,
+    opts: ConnectionOptions,
+    rbuf: Vec<u8>,
+    rpos: usize,
+    wbuf: Vec<u8>,
+    next_request: u64,
+    next_sub_id: u32,
+    open: Option<OpenBatch>,
+    /// Publish request id → messages in it, until confirmed.
+    unconfirmed: HashMap<u64, u32>,
+    replies: HashMap<u64, Reply>,
+    /// Publish failures not yet reported to the caller.
+    publish_errors: Vec<Error>,
+    deliveries: HashMap<u32, VecDeque<Delivery>>,
+    pending_acks: HashMap<u32, Vec<u64>>,
+    closed: Option<String>,
+    welcome_shard: (u16, u16),
+}
+
+/// A connection to an rdmq server. Clones share the socket.
+#[derive(Clone)]
+pub struct Connection {
+    inner: Rc<RefCell<Inner>>,
+}
+
+/// Read buffer growth step: one read syscall takes up to this much.
+const READ_CHUNK: usize = 256 << 10;
+
+impl Connection {
+    pub fn connect(url: &str) -> Result<Connection, Error> {
+        Self::connect_with(url, ConnectionOptions::default())
+    }
+
+    pub fn connect_with(url: &str, opts: ConnectionOptions) -> Result<Connection, Error> {
+        let addr = match Endpoint::parse(url)? {
+            Endpoint::Tcp(addr) => addr,
+            Endpoint::Rdma(_) => {
+                return Err(Error::Url("the rdma:// transport is not built yet (issue #4)".into()))
+            }
+            Endpoint::Shm(_) => {
+                return Err(Error::Url("the shm:// transport is not built yet (issue #4)".into()))
+            }
+        };
+        let sock = TcpStream::connect(&addr)?;
+        sock.set_nodelay(true)?;
+        sock.set_nonblocking(opts.busy_poll)?;
+        let mut inner = Inner {
+            sock,
+            opts,
+            rbuf: Vec::with_capacity(READ_CHUNK),
+            rpos: 0,
+            wbuf: Vec::with_capacity(READ_CHUNK),
+            next_request: 1,
+            next_sub_id: 1,
+            open: None,
+            unconfirmed: HashMap::new(),
+            replies: HashMap::new(),
+            publish_errors: Vec::new(),
+            deliveries: HashMap::new(),
+            pending_acks: HashMap::new(),
+            closed: None,
+            welcome_shard: (0, 0),
+        };
+        let req = inner.request_id();
+        let name = inner.opts.client_name.clone();
+        wire::hello::Hello {
+            version_min: PROTOCOL_VERSION,
+            version_max: PROTOCOL_VERSION,
+            client_name: &name,
+        }
+        .encode(&mut inner.wbuf, req);
+        inner.wait_reply(req)?;
+        Ok(Connection { inner: Rc::new(RefCell::new(inner)) })
+    }
+
+    /// (shard that accepted this connection, shard count), from the handshake.
+    pub fn shard(&self) -> (u16, u16) {
+        self.inner.borrow().welcome_shard
+    }
+
+    pub fn declare_queue(&self, name: &str, opts: &QueueOptions) -> Result<(), Error> {
+        self.request(|out, req| {
+            wire::declare::DeclareQueue {
+                name,
+                durability: opts.durability,
+                max_deliveries: opts.max_deliveries,
+                max_length: opts.max_length,
+                dead_letter: &opts.dead_letter,
+            }
+            .encode(out, req)
+        })
+    }
+
+    pub fn delete_queue(&self, name: &str) -> Result<(), Error> {
+        self.request(|out, req| {
+            wire::declare::Named { name }.encode(out, Opcode::DeleteQueue, req)
+        })
+    }
+
+    pub fn declare_topic(&self, name: &str) -> Result<(), Error> {
+        self.request(|out, req| {
+            wire::declare::Named { name }.encode(out, Opcode::DeclareTopic, req)
+        })
+    }
+
+    pub fn delete_topic(&self, name: &str) -> Result<(), Error> {
+        self.request(|out, req| {
+            wire::declare::Named { name }.encode(out, Opcode::DeleteTopic, req)
+        })
+    }
+
+    /// One PING/PONG round trip; returns its duration.
+    pub fn ping(&self) -> Result<Duration, Error> {
+        let start = Instant::now();
+        let mut inner = self.inner.borrow_mut();
+        let req = inner.request_id();
+        wire::ping::Ping { token: req }.encode(&mut inner.wbuf, req, false);
+        inner.wait_reply(req)?;
+        Ok(start.elapsed())
+    }
+
+    pub fn queue_producer(&self, queue: &str) -> Producer {
+        Producer { inner: self.inner.clone(), kind: DestKind::Queue, name: queue.to_string() }
+    }
+
+    pub fn topic_producer(&self, topic: &str) -> Producer {
+        Producer { inner: self.inner.clone(), kind: DestKind::Topic, name: topic.to_string() }
+    }
+
+    /// Starts consuming `queue` with at most `credit` unacknowledged messages at a time.
+    pub fn consume(&self, queue: &str, credit: u32) -> Result<Consumer, Error> {
+        let id = self.inner.borrow_mut().sub_id();
+        self.request(|out, req| wire::subscribe::Consume { id, credit, queue }.encode(out, req))?;
+        let ack_batch = (credit as usize / 4).max(1);
+        Ok(Consumer { inner: self.inner.clone(), id, ack_batch, open: true })
+    }
+
+    /// Subscribes to topics matching `pattern` (`*` one word, `#` zero or more).
+    pub fn subscribe(&self, pattern: &str) -> Result<Subscription, Error> {
+        let id = self.inner.borrow_mut().sub_id();
+        self.request(|out, req| wire::subscribe::Subscribe { id, pattern }.encode(out, req))?;
+        Ok(Subscription { inner: self.inner.clone(), id, open: true })
+    }
+
+    fn request(&self, encode: impl FnOnce(&mut Vec<u8>, u64)) -> Result<(), Error> {
+        let mut inner = self.inner.borrow_mut();
+        let req = inner.request_id();
+        encode(&mut inner.wbuf, req);
+        inner.wait_reply(req)
+    }
+}
+
+impl Inner {
+    fn request_id(&mut self) -> u64 {
+        let r = self.next_request;
+        self.next_request += 1;
+        r
+    }
+
+    fn sub_id(&mut self) -> u32 {
+        let r = self.next_sub_id;
+        self.next_sub_id += 1;
+        r
+    }
+
+    fn check_open(&self) -> Result<(), Error> {
+        match &self.closed {
+            Some(why) => Err(Error::Closed(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn close_batch(&mut self) {
+        if let Some(open) = self.open.take() {
+            let count = open.writer.count();
+            open.writer.finish(&mut self.wbuf);
+            self.unconfirmed.insert(open.request_id, count);
+        }
+    }
+
+    /// Writes everything buffered, reading meanwhile so neither side can stall the other.
+    fn write_all(&mut self) -> Result<(), Error> {
+        self.close_batch();
+        let mut at = 0;
+        while at < self.wbuf.len() {
+            match self.sock.write(&self.wbuf[at..]) {
+                Ok(0) => return Err(self.fail("server closed the connection")),
+                Ok(n) => at += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.read_some(Some(Instant::now()))?;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.closed = Some(e.to_string());
+                    return Err(Error::Io(e));
+                }
+            }
+        }
+        self.wbuf.clear();
+        Ok(())
+    }
+
+    fn fail(&mut self, why: &str) -> Error {
+        self.closed = Some(why.to_string());
+        Error::Closed(why.to_string())
+    }
+
+    /// Reads once (waiting until `deadline`, or forever if `None`) and dispatches whole frames.
+    /// Returns whether any bytes arrived.
+    fn read_some(&mut self, deadline: Option<Instant>) -> Result<bool, Error> {
+        self.check_open()?;
+        if self.rpos > 0 && self.rpos == self.rbuf.len() {
+            self.rbuf.clear();
+            self.rpos = 0;
+        } else if self.rpos > READ_CHUNK {
+            self.rbuf.drain(..self.rpos);
+            self.rpos = 0;
+        }
+        let len = self.rbuf.len();
+        self.rbuf.resize(len + READ_CHUNK, 0);
+        let got = loop {
+            if !self.opts.busy_poll {
+                let wait = match deadline {
+                    None => None,
+                    Some(d) => Some(d.saturating_duration_since(Instant::now()).max(
+                        // set_read_timeout rejects zero; one microsecond is "now".
+                        Duration::from_micros(1),
+                    )),
+                };
+                self.sock.set_read_timeout(wait)?;
+            }
+            match self.sock.read(&mut self.rbuf[len..]) {
+                Ok(0) => {
+                    self.rbuf.truncate(len);
+                    return Err(self.fail("server closed the connection"));
+                }
+                Ok(n) => break n,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        self.rbuf.truncate(len);
+                        return Ok(false);
+                    }
+                    if self.opts.busy_poll {
+                        std::hint::spin_loop();
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.rbuf.truncate(len);
+                    self.closed = Some(e.to_string());
+                    return Err(Error::Io(e));
+                }
+            }
+        };
+        self.rbuf.truncate(len + got);
+        self.dispatch()?;
+        Ok(true)
+    }
+
+    fn dispatch(&mut self) -> Result<(), Error> {
+        loop {
+            let buf = &self.rbuf[self.rpos..];
+            let Some((h, body)) = wire::split_frame(buf, FRAME_BODY_MAX)? else { return Ok(()) };
+            let frame_len = wire::FRAME_HEADER_LEN + body.len();
+            let cmd = wire::decode(&h, body)?;
+            let deliver = match cmd {
+                Command::Confirm(_) => {
+                    self.unconfirmed.remove(&h.request_id);
+                    None
+                }
+                Command::Welcome(w) => {
+                    self.welcome_shard = (w.shard, w.shard_count);
+                    self.replies.insert(h.request_id, Reply::Ok);
+                    None
+                }
+                Command::Ok => {
+                    self.replies.insert(h.request_id, Reply::Ok);
+                    None
+                }
+                Command::Pong(_) => {
+                    self.replies.insert(h.request_id, Reply::Pong);
+                    None
+                }
+                Command::Error(e) => {
+                    let (code, msg) = (e.code, e.message.to_string());
+                    if e.is_fatal(h.request_id) {
+                        self.closed = Some(format!("server error {code}: {msg}"));
+                    }
+                    if self.unconfirmed.remove(&h.request_id).is_some() {
+                        self.publish_errors.push(Error::Server { code, message: msg });
+                    } else if h.request_id != 0 {
+                        self.replies.insert(h.request_id, Reply::Error(code, msg));
+                    }
+                    None
+                }
+                Command::Deliver(d) => Some((d.id, d.count)),
+                other => {
+                    let what = format!("unexpected frame from server: {other:?}");
+                    return Err(self.fail(&what));
+                }
+            };
+            if let Some((id, count)) = deliver {
+                self.take_deliveries(id, count, frame_len);
+            }
+            self.rpos += frame_len;
+        }
+    }
+
+    /// Copies one DELIVER frame into shared memory once and queues a view per entry.
+    fn take_deliveries(&mut self, id: u32, count: u32, frame_len: usize) {
+        let frame: Rc<[u8]> = Rc::from(&self.rbuf[self.rpos..self.rpos + frame_len]);
+        let body_at = wire::FRAME_HEADER_LEN + 8;
+        let h = wire::FrameHeader::decode(&frame, usize::MAX).expect("decoded before");
+        let Ok(Command::Deliver(d)) = wire::decode(&h, &frame[wire::FRAME_HEADER_LEN..]) else {
+            unreachable!("decoded before")
+        };
+        let q = self.deliveries.entry(id).or_default();
+        q.reserve(count as usize);
+        for e in d.entries() {
+            let record_at = body_at + e.offset + wire::deliver::ENTRY_HEADER_LEN;
+            let record_len = e.record.bytes.len() as u32;
+            q.push_back(Delivery {
+                frame: frame.clone(),
+                record_at: record_at as u32,
+                record_len,
+                payload_at: (record_at + e.record.bytes.len() - e.record.payload().len()) as u32,
+                consumer: id,
+                tag: e.tag,
+                delivery_count: e.delivery_count,
+                redelivered: e.flags & FLAG_REDELIVERED != 0,
+            });
+        }
+    }
+
+    fn wait_reply(&mut self, req: u64) -> Result<(), Error> {
+        self.write_all()?;
+        let deadline = Instant::now() + self.opts.request_timeout;
+        loop {
+            match self.replies.remove(&req) {
+                Some(Reply::Ok) | Some(Reply::Pong) => return Ok(()),
+                Some(Reply::Error(code, message)) => return Err(Error::Server { code, message }),
+                None => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout);
+            }
+            self.read_some(Some(deadline))?;
+        }
+    }
+
+    fn take_publish_error(&mut self) -> Result<(), Error> {
+        if self.publish_errors.is_empty() {
+            return Ok(());
+        }
+        Err(self.publish_errors.remove(0))
+    }
+
+    fn flush_acks(&mut self, consumer: u32) {
+        if let Some(tags) = self.pending_acks.get_mut(&consumer) {
+            if !tags.is_empty() {
+                wire::ack::Acks::encode(&mut self.wbuf, Opcode::Ack, 0, consumer, tags);
+                tags.clear();
+            }
+        }
+    }
+
+    fn flush_all_acks(&mut self) {
+        let ids: Vec<u32> = self.pending_acks.keys().copied().collect();
+        for id in ids {
+            self.flush_acks(id);
+        }
+    }
+
+    /// Waits for the next delivery to `id`, writing buffered frames and acks first.
+    fn receive(&mut self, id: u32, timeout: Option<Duration>) -> Result<Option<Delivery>, Error> {
+        if let Some(d) = self.deliveries.get_mut(&id).and_then(|q| q.pop_front()) {
+            return Ok(Some(d));
+        }
+        self.flush_all_acks();
+        self.write_all()?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if let Some(d) = self.deliveries.get_mut(&id).and_then(|q| q.pop_front()) {
+                return Ok(Some(d));
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(None);
+            }
+            self.read_some(deadline)?;
+        }
+    }
+}
+
+/// Publishes to one queue or topic. Sends are pipelined: see [`Producer::flush`].
+pub struct Producer {
+    inner: Rc<RefCell<Inner>>,
+    kind: DestKind,
+    name: String,
+}
+
+impl Producer {
+    /// Buffers one message with just a payload. Does not wait for the server.
+    pub fn send(&mut self, payload: &[u8]) -> Result<Receipt, Error> {
+        self.send_with(&RecordMeta::default(), payload)
+    }
+
+    /// Buffers one message with its optional parts.
+    pub fn send_message(&mut self, m: &Message) -> Result<Receipt, Error> {
+        let meta = RecordMeta {
+            id: m.id,
+            timestamp_us: 0,
+            ttl_ms: m.ttl_ms,
+            correlation_id: &m.correlation_id,
+            reply_to: m.reply_to.as_bytes(),
+            headers: &m.headers,
+        };
+        self.send_with(&meta, &m.payload)
+    }
+
+    fn send_with(&mut self, meta: &RecordMeta<'_>, payload: &[u8]) -> Result<Receipt, Error> {
+        let mut inner = self.inner.borrow_mut();
+        inner.check_open()?;
+        inner.take_publish_error()?;
+        let same = inner.open.as_ref().is_some_and(|o| o.kind == self.kind && o.name == self.name);
+        if !same {
+            inner.close_batch();
+            while inner.unconfirmed.len() >= inner.opts.max_unconfirmed {
+                inner.write_all()?;
+                inner.read_some(None)?;
+            }
+            let req = inner.request_id();
+            let w = PublishWriter::begin(&mut inner.wbuf, self.kind, &self.name, req);
+            let name = self.name.clone();
+            inner.open = Some(OpenBatch { kind: self.kind, name, request_id: req, writer: w });
+        }
+        let mut meta = *meta;
+        if meta.timestamp_us == 0 {
+            meta.timestamp_us = now_us();
+        }
+        let Inner { open, wbuf, .. } = &mut *inner;
+        let open = open.as_mut().expect("opened above");
+        open.writer.push(wbuf, &meta, payload);
+        let receipt = Receipt { request_id: open.request_id };
+        if open.writer.len(wbuf) >= inner.opts.batch_bytes {
+            inner.close_batch();
+            if inner.wbuf.len() >= inner.opts.batch_bytes {
+                inner.write_all()?;
+            }
+        }
+        Ok(receipt)
+    }
+
+    /// Sends everything buffered now, without waiting for confirms.
+    pub fn push(&mut self) -> Result<(), Error> {
+        self.inner.borrow_mut().write_all()
+    }
+
+    /// Sends everything buffered and waits until the server confirmed all of it. Returns the
+    /// first publish the server refused, if any.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        let mut inner = self.inner.borrow_mut();
+        inner.write_all()?;
+        let deadline = Instant::now() + inner.opts.request_timeout;
+        while !inner.unconfirmed.is_empty() {
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout);
+            }
+            inner.read_some(Some(deadline))?;
+        }
+        inner.take_publish_error()
+    }
+
+    /// Waits until the send behind `receipt` is confirmed.
+    pub fn wait(&mut self, receipt: Receipt) -> Result<(), Error> {
+        let mut inner = self.inner.borrow_mut();
+        if inner.open.as_ref().is_some_and(|o| o.request_id == receipt.request_id) {
+            inner.close_batch();
+        }
+        inner.write_all()?;
+        let deadline = Instant::now() + inner.opts.request_timeout;
+        while inner.unconfirmed.contains_key(&receipt.request_id) {
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout);
+            }
+            inner.read_some(Some(deadline))?;
+        }
+        inner.take_publish_error()
+    }
+
+    /// Messages sent but not yet confirmed, counted in publish frames.
+    pub fn unconfirmed(&self) -> usize {
+        self.inner.borrow().unconfirmed.len()
+    }
+}
+
+/// Receives from one queue with credit; every delivery must be settled (ack, nack or reject).
+pub struct Consumer {
+    inner: Rc<RefCell<Inner>>,
+    id: u32,
+    ack_batch: usize,
+    open: bool,
+}
+
+impl Consumer {
+    /// The next message, waiting at most `timeout` (`None`: forever). `Ok(None)` on timeout.
+    pub fn receive(&mut self, timeout: Option<Duration>) -> Result<Option<Delivery>, Error> {
+        self.inner.borrow_mut().receive(self.id, timeout)
+    }
+
+    /// Acknowledges one delivery: the server removes it. Acks are sent in small batches.
+    pub fn ack(&mut self, d: &Delivery) -> Result<(), Error> {
+        let mut inner = self.inner.borrow_mut();
+        inner.check_open()?;
+        let tags = inner.pending_acks.entry(self.id).or_default();
+        tags.push(d.tag);
+        if tags.len() >= self.ack_batch {
+            inner.flush_acks(self.id);
+            inner.write_all()?;
+        }
+        Ok(())
+    }
+
+    /// Acknowledges every delivery of this consumer up to and including `d`.
+    pub fn ack_up_to(&mut self, d: &Delivery) -> Result<(), Error> {
+        self.settle(Opcode::Ack, FLAG_MULTIPLE, d)
+    }
+
+    /// Returns the message to the queue for redelivery.
+    pub fn nack(&mut self, d: &Delivery) -> Result<(), Error> {
+        self.settle(Opcode::Nack, 0, d)
+    }
+
+    /// Sends the message to the queue's dead-letter queue.
+    pub fn reject(&mut self, d: &Delivery) -> Result<(), Error> {
+        self.settle(Opcode::Reject, 0, d)
+    }
+
+    fn settle(&mut self, op: Opcode, flags: u8, d: &Delivery) -> Result<(), Error> {
+        let mut inner = self.inner.borrow_mut();
+        inner.check_open()?;
+        inner.flush_acks(self.id);
+        wire::ack::Acks::encode(&mut inner.wbuf, op, flags, self.id, &[d.tag]);
+        inner.write_all()
+    }
+
+    /// Stops consuming; the server requeues whatever this consumer has not acknowledged.
+    pub fn close(mut self) -> Result<(), Error> {
+        self.unsubscribe()
+    }
+
+    fn unsubscribe(&mut self) -> Result<(), Error> {
+        if !std::mem::replace(&mut self.open, false) {
+            return Ok(());
+        }
+        let mut inner = self.inner.borrow_mut();
+        inner.flush_acks(self.id);
+        inner.deliveries.remove(&self.id);
+        let req = inner.request_id();
+        wire::subscribe::Unsubscribe { id: self.id }.encode(&mut inner.wbuf, req);
+        inner.wait_reply(req)
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        let _ = self.unsubscribe();
+    }
+}
+
+/// Receives every message published on matching topics while subscribed.
+pub struct Subscription {
+    inner: Rc<RefCell<Inner>>,
+    id: u32,
+    open: bool,
+}
+
+impl Subscription {
+    pub fn receive(&mut self, timeout: Option<Duration>) -> Result<Option<Delivery>, Error> {
+        self.inner.borrow_mut().receive(self.id, timeout)
+    }
+
+    pub fn close(mut self) -> Result<(), Error> {
+        self.unsubscribe()
+    }
+
+    fn unsubscribe(&mut self) -> Result<(), Error> {
+        if !std::mem::replace(&mut self.open, false) {
+            return Ok(());
+        }
+        let mut inner = self.inner.borrow_mut();
+        inner.deliveries.remove(&self.id);
+        let req = inner.request_id();
+        wire::subscribe::Unsubscribe { id: self.id }.encode(&mut inner.wbuf, req);
+        inner.wait_reply(req)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let _ = self.unsubscribe();
+    }
+}
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}

@@ -1,0 +1,139 @@
+//! PUBLISH: a batch of messages for one queue or topic, answered by one CONFIRM (or ERROR).
+//!
+//! ```text
+//! +---------------+---------------+-------------------------------+
+//! | kind (u8)     | reserved = 0  | name (u16 len + UTF-8) ...    |
+//! | 0 queue       |               |                               |
+//! | 1 topic       |               |                               |
+//! +---------------+---------------+-------------------------------+
+//! | record batch (see `record`): exactly the rest of the body     |
+//! +---------------------------------------------------------------+
+//! ```
+//! The batch is validated (length, checksum, every record) before anything is stored; a bad batch
+//! is a protocol error that closes the connection.
+
+use super::record::{BatchBuilder, BatchView, RecordMeta};
+use super::{begin_frame, end_frame, put_str16, DecodeError, Opcode, Reader};
+
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DestKind {
+    Queue = 0,
+    Topic = 1,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish<'a> {
+    pub kind: DestKind,
+    pub name: &'a str,
+    pub batch: BatchView<'a>,
+    /// Offset of the batch within the frame body, so a receiver can keep just those bytes.
+    pub batch_offset: usize,
+}
+
+impl<'a> Publish<'a> {
+    pub fn decode(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        let kind = match r.u8()? {
+            0 => DestKind::Queue,
+            1 => DestKind::Topic,
+            _ => return Err(DecodeError::Invalid { offset: 0, what: "destination kind" }),
+        };
+        if r.u8()? != 0 {
+            return Err(DecodeError::Invalid { offset: 1, what: "reserved" });
+        }
+        let name = r.name()?;
+        let batch_offset = r.position();
+        let batch = BatchView::decode(r.rest()).map_err(|e| match e {
+            DecodeError::Truncated { offset, needed, available } => {
+                DecodeError::Truncated { offset: offset + batch_offset, needed, available }
+            }
+            DecodeError::Invalid { offset, what } => {
+                DecodeError::Invalid { offset: offset + batch_offset, what }
+            }
+            other => other,
+        })?;
+        Ok(Publish { kind, name, batch, batch_offset })
+    }
+}
+
+/// Writes one PUBLISH frame in place: `begin`, `push` records, `finish`.
+pub struct PublishWriter {
+    frame_at: usize,
+    batch: BatchBuilder,
+}
+
+impl PublishWriter {
+    pub fn begin(out: &mut Vec<u8>, kind: DestKind, name: &str, request_id: u64) -> Self {
+        let frame_at = begin_frame(out, Opcode::Publish, 0, request_id);
+        out.push(kind as u8);
+        out.push(0);
+        put_str16(out, name);
+        PublishWriter { frame_at, batch: BatchBuilder::begin(out) }
+    }
+
+    pub fn push(&mut self, out: &mut Vec<u8>, meta: &RecordMeta<'_>, payload: &[u8]) {
+        self.batch.push(out, meta, payload);
+    }
+
+    pub fn count(&self) -> u32 {
+        self.batch.count()
+    }
+
+    /// Bytes of the frame so far.
+    pub fn len(&self, out: &[u8]) -> usize {
+        out.len() - self.frame_at
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+
+    pub fn finish(self, out: &mut [u8]) {
+        self.batch.finish(out);
+        end_frame(out, self.frame_at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::*;
+    use super::super::Command;
+    use super::*;
+
+    fn frame() -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut w = PublishWriter::begin(&mut out, DestKind::Topic, "a.b.c", 77);
+        for i in 0..3u8 {
+            w.push(&mut out, &RecordMeta { id: i as u64, ..Default::default() }, &[i; 10]);
+        }
+        w.finish(&mut out);
+        out
+    }
+
+    #[test]
+    fn round_trip() {
+        let out = frame();
+        let (h, cmd) = decode_one(&out).unwrap();
+        assert_eq!(h.request_id, 77);
+        let Command::Publish(p) = cmd else { panic!("{cmd:?}") };
+        assert_eq!((p.kind, p.name, p.batch.count), (DestKind::Topic, "a.b.c", 3));
+        let payloads: Vec<_> = p.batch.records().map(|(_, r)| r.payload().to_vec()).collect();
+        assert_eq!(payloads, vec![vec![0; 10], vec![1; 10], vec![2; 10]]);
+        assert_truncations_fail(&out);
+    }
+
+    #[test]
+    fn corrupt_payload_fails_checksum() {
+        let mut out = frame();
+        let n = out.len();
+        out[n - 1] ^= 1;
+        assert!(matches!(decode_one(&out), Err(DecodeError::Checksum { .. })));
+    }
+
+    #[test]
+    fn bad_kind() {
+        let mut out = frame();
+        out[16] = 7;
+        assert!(decode_one(&out).is_err());
+    }
+}
