@@ -1,1 +1,112 @@
-fn main(){}
+//! The `rdmq` command: the server (`serve`), the first tools a user reaches for (`publish`,
+//! `consume`, `subscribe`) and the benchmark (`bench`).
+#![deny(unsafe_code)]
+
+mod cli;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "rdmq", version, about = "rdmq: a thread-per-core message queue server")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server (loopback, port 7420 and ./rdmq-data unless told otherwise).
+    Serve(ServeArgs),
+    /// Publish one message per line of standard input.
+    Publish(cli::tools::PublishArgs),
+    /// Receive messages from a queue and print one payload per line.
+    Consume(cli::tools::ConsumeArgs),
+    /// Receive messages from topics matching a pattern and print one payload per line.
+    Subscribe(cli::tools::SubscribeArgs),
+    /// Run a benchmark workload beside its raw baseline (no broker) on the same transport.
+    Bench(cli::bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Directory for durable state (created if missing). Default: ./rdmq-data
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Native protocol listen address. Default: 127.0.0.1:7420 (port 0 picks a free port)
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Shard threads, one per core. Default: one per CPU this process may use
+    #[arg(long)]
+    shards: Option<usize>,
+    /// TOML config file; its keys are the fields documented in docs/CONFIG.md.
+    /// Command-line flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Microseconds a shard spins without work before sleeping. Default: 50
+    #[arg(long)]
+    idle_spin_us: Option<u64>,
+    /// Do not pin shard threads to CPUs.
+    #[arg(long)]
+    no_pin: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Serve(a) => serve(a),
+        Cmd::Publish(a) => cli::tools::publish(a),
+        Cmd::Consume(a) => cli::tools::consume(a),
+        Cmd::Subscribe(a) => cli::tools::subscribe(a),
+        Cmd::Bench(a) => cli::bench::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rdmq: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(a: ServeArgs) -> Result<(), String> {
+    let mut cfg = match &a.config {
+        Some(path) => rdmq::Config::load(path)?,
+        None => rdmq::Config::default(),
+    };
+    if let Some(d) = a.data_dir {
+        cfg.data_dir = d;
+    }
+    if let Some(l) = a.listen {
+        cfg.listen = l;
+    }
+    if let Some(s) = a.shards {
+        cfg.shards = s;
+    }
+    if let Some(s) = a.idle_spin_us {
+        cfg.idle_spin_us = s;
+    }
+    if a.no_pin {
+        cfg.pin_threads = false;
+    }
+    rdmq::install_signal_handlers();
+    let data_dir = cfg.data_dir.clone();
+    let server = rdmq::Server::start(cfg)?;
+    eprintln!(
+        "rdmq {}: serving native protocol on tcp://{} with data dir {}",
+        env!("CARGO_PKG_VERSION"),
+        server.addr,
+        data_dir.display()
+    );
+    // Scripts and tests read this line to learn the port when they asked for port 0.
+    println!("listening tcp://{}", server.addr);
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let metrics = server.metrics.clone();
+    let result = server.join();
+    let summary: Vec<String> = metrics.snapshot().iter().map(|(k, v)| format!("{k}={v}")).collect();
+    eprintln!("rdmq: stopped; {}", summary.join(" "));
+    result
+}

@@ -1,0 +1,49 @@
+//! The broker state machine: queues, topic subscriptions and the message store boundary.
+//!
+//! Pure code: no syscalls, no clocks (callers pass `now_ms`), no threads. Each shard owns the
+//! queues whose names hash to it and a replica of the topic subscription table; the shard loop
+//! feeds events in and routes the effects (deliveries, dead letters) out.
+
+pub mod pattern;
+pub mod queue;
+pub mod store;
+pub mod topic;
+
+use std::sync::Arc;
+
+/// Identifies one consumer or subscription anywhere in the server: the shard and connection slot
+/// that own it, the slot's generation (so a reused slot never receives a stale delivery) and the
+/// id the client chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SubKey {
+    pub shard: u16,
+    pub slot: u32,
+    pub generation: u32,
+    pub id: u32,
+}
+
+/// One stored record: a span of a received batch, shared by reference count. The batch bytes
+/// are kept exactly as they arrived, so delivery copies the record without re-encoding.
+#[derive(Debug, Clone)]
+pub struct MsgRef {
+    pub batch: Arc<[u8]>,
+    pub offset: u32,
+    pub len: u32,
+}
+
+impl MsgRef {
+    pub fn bytes(&self) -> &[u8] {
+        &self.batch[self.offset as usize..(self.offset + self.len) as usize]
+    }
+}
+
+/// Which shard owns a queue: a stable hash of its name (FNV-1a, so it never depends on the
+/// process's hash seed and every shard computes the same answer).
+pub fn owner_shard(name: &str, shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % shards as u64) as usize
+}

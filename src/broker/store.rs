@@ -1,0 +1,58 @@
+//! The boundary between a queue's in-memory state and where its messages are kept.
+//!
+//! A [`Store`] receives every appended batch and every settled position; it says how far the
+//! queue is durable. The in-memory store is durable at once; the journal (issue #3) slots in
+//! here, returning a durable position that lags until its group commit completes, and the queue
+//! confirms publishes only at or below it.
+
+use super::MsgRef;
+use rdmq_client::Durability;
+
+/// What the store could not do, as a message for the publisher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError(pub String);
+
+pub trait Store {
+    /// Stores `records` starting at sequence `first_seq`.
+    fn append(&mut self, first_seq: u64, records: &[MsgRef]) -> Result<(), StoreError>;
+    /// Records that sequence `seq` was acknowledged (or dead-lettered) and may be reclaimed.
+    fn settle(&mut self, seq: u64);
+    /// Every sequence below this survives a crash at this queue's durability level.
+    fn durable_position(&self) -> u64;
+    fn durability(&self) -> Durability;
+}
+
+/// Messages live only in the queue's memory: lost on restart, durable "at once" for confirms.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    next: u64,
+}
+
+impl Store for MemoryStore {
+    fn append(&mut self, first_seq: u64, records: &[MsgRef]) -> Result<(), StoreError> {
+        self.next = first_seq + records.len() as u64;
+        Ok(())
+    }
+
+    fn settle(&mut self, _seq: u64) {}
+
+    fn durable_position(&self) -> u64 {
+        self.next
+    }
+
+    fn durability(&self) -> Durability {
+        Durability::Memory
+    }
+}
+
+/// Opens the store for a queue at `durability`, or says why that level is not available.
+pub fn open(durability: Durability) -> Result<Box<dyn Store>, StoreError> {
+    match durability {
+        Durability::Memory => Ok(Box::new(MemoryStore::default())),
+        Durability::Flush | Durability::Fsync => Err(StoreError(format!(
+            "durability {:?} needs the journal, which is not built yet (issue #3); \
+             declare the queue with durability \"memory\"",
+            durability.as_str()
+        ))),
+    }
+}

@@ -1,0 +1,4 @@
+//! Command-line tools built on the client crate.
+
+pub mod bench;
+pub mod tools;

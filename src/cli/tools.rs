@@ -1,0 +1,155 @@
+//! `rdmq publish`, `rdmq consume`, `rdmq subscribe`: line-oriented tools in the manner of
+//! `mosquitto_pub`/`mosquitto_sub` and `nats pub`/`nats sub`.
+
+use std::io::{BufRead, Write};
+use std::time::Duration;
+
+use clap::Args;
+use rdmq_client::Connection;
+
+const DEFAULT_URL: &str = "tcp://127.0.0.1:7420";
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("dest").required(true).args(["queue", "topic"])))]
+pub struct PublishArgs {
+    /// Server URL.
+    #[arg(long, default_value = DEFAULT_URL)]
+    url: String,
+    /// Publish to this queue.
+    #[arg(long)]
+    queue: Option<String>,
+    /// Publish to this topic.
+    #[arg(long)]
+    topic: Option<String>,
+    /// Wait for the server's confirm of every message; print each confirmed line.
+    #[arg(long)]
+    confirm: bool,
+}
+
+#[derive(Args)]
+pub struct ConsumeArgs {
+    /// Server URL.
+    #[arg(long, default_value = DEFAULT_URL)]
+    url: String,
+    /// Queue to consume from.
+    #[arg(long)]
+    queue: String,
+    /// Acknowledge each message after printing it (otherwise they return to the queue on exit).
+    #[arg(long)]
+    ack: bool,
+    /// Stop after this many messages.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop when no message arrives for this many milliseconds.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Unacknowledged messages in flight at most (prefetch).
+    #[arg(long, default_value_t = 256)]
+    credit: u32,
+}
+
+#[derive(Args)]
+pub struct SubscribeArgs {
+    /// Server URL.
+    #[arg(long, default_value = DEFAULT_URL)]
+    url: String,
+    /// Topic pattern: dot-separated words, `*` matches one word, `#` zero or more.
+    #[arg(long)]
+    topic: String,
+    /// Stop after this many messages.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop when no message arrives for this many milliseconds.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+}
+
+pub fn publish(a: PublishArgs) -> Result<(), String> {
+    let conn = Connection::connect(&a.url).map_err(|e| format!("{}: {e}", a.url))?;
+    let mut producer = match (&a.queue, &a.topic) {
+        (Some(q), None) => conn.queue_producer(q),
+        (None, Some(t)) => conn.topic_producer(t),
+        _ => unreachable!("clap enforces exactly one of --queue and --topic"),
+    };
+    let stdin = std::io::stdin();
+    let mut input = stdin.lock();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut batch: Vec<Vec<u8>> = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = input.read_until(b'\n', &mut line).map_err(|e| format!("stdin: {e}"))?;
+        if n > 0 {
+            if line.last() == Some(&b'\n') {
+                line.pop();
+            }
+            producer.send(&line).map_err(|e| e.to_string())?;
+            if a.confirm {
+                batch.push(line.clone());
+            }
+        }
+        // Flush when input pauses (interactive use) or ends; piped input is sent in batches.
+        if n == 0 || input.fill_buf().map(|b| b.is_empty()).unwrap_or(true) {
+            if a.confirm {
+                producer.flush().map_err(|e| e.to_string())?;
+                for l in batch.drain(..) {
+                    out.write_all(&l).and_then(|_| out.write_all(b"\n")).map_err(|e| e.to_string())?;
+                }
+                out.flush().map_err(|e| e.to_string())?;
+            } else {
+                producer.push().map_err(|e| e.to_string())?;
+            }
+        }
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}
+
+pub fn consume(a: ConsumeArgs) -> Result<(), String> {
+    let conn = Connection::connect(&a.url).map_err(|e| format!("{}: {e}", a.url))?;
+    let mut consumer = conn.consume(&a.queue, a.credit).map_err(|e| e.to_string())?;
+    let timeout = a.timeout_ms.map(Duration::from_millis);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut got = 0u64;
+    while a.count.is_none_or(|c| got < c) {
+        let Some(d) = consumer.receive(timeout).map_err(|e| e.to_string())? else {
+            return finish_on_timeout(got, a.count);
+        };
+        out.write_all(d.payload()).and_then(|_| out.write_all(b"\n")).map_err(|e| e.to_string())?;
+        out.flush().map_err(|e| e.to_string())?;
+        if a.ack {
+            consumer.ack(&d).map_err(|e| e.to_string())?;
+        }
+        got += 1;
+    }
+    consumer.close().map_err(|e| e.to_string())
+}
+
+pub fn subscribe(a: SubscribeArgs) -> Result<(), String> {
+    let conn = Connection::connect(&a.url).map_err(|e| format!("{}: {e}", a.url))?;
+    let mut sub = conn.subscribe(&a.topic).map_err(|e| e.to_string())?;
+    let timeout = a.timeout_ms.map(Duration::from_millis);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut got = 0u64;
+    while a.count.is_none_or(|c| got < c) {
+        let Some(d) = sub.receive(timeout).map_err(|e| e.to_string())? else {
+            return finish_on_timeout(got, a.count);
+        };
+        out.write_all(d.payload()).and_then(|_| out.write_all(b"\n")).map_err(|e| e.to_string())?;
+        out.flush().map_err(|e| e.to_string())?;
+        got += 1;
+    }
+    Ok(())
+}
+
+/// A timeout is success when no count was asked for, and a failure when the count fell short.
+fn finish_on_timeout(got: u64, count: Option<u64>) -> Result<(), String> {
+    match count {
+        Some(c) if got < c => Err(format!("timed out after {got} of {c} messages")),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,136 @@
+//! Server configuration: defaults, the TOML file (`--config FILE`) and command-line overrides,
+//! validated once at start. Every bound the server enforces is a field here with its reason.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// What happens to a topic subscriber whose bounded buffer is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowSubscriberPolicy {
+    /// Discard the oldest buffered messages (counted in `topic_dropped`).
+    #[default]
+    DropOldest,
+    /// Close the subscriber's connection with error 503 (counted in `slow_disconnects`).
+    Disconnect,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where durable state lives (used by the journal; created at start).
+    pub data_dir: PathBuf,
+    /// Native protocol listener.
+    pub listen: SocketAddr,
+    /// Shard threads; 0 = one per CPU this process may use.
+    pub shards: usize,
+    /// Pin each shard to its own CPU.
+    pub pin_threads: bool,
+    /// Create queues and topics on first use instead of answering 404.
+    pub auto_create: bool,
+    /// Default deliveries after which a returned message is dead-lettered.
+    pub queue_max_deliveries: u32,
+    /// Default bound on messages held by one queue (memory bound: ~100 bytes of overhead each).
+    pub queue_max_length: u32,
+    /// Messages buffered per topic subscriber before the slow-subscriber policy applies.
+    pub subscriber_buffer_max: usize,
+    pub slow_subscriber_policy: SlowSubscriberPolicy,
+    /// Largest frame body accepted: bounds what one connection can make the server hold.
+    pub frame_body_max: usize,
+    /// Connections per shard: the connection table is sized once at start.
+    pub connections_per_shard: usize,
+    /// Bytes of output queued for one connection before topic deliveries wait for it to drain.
+    pub conn_output_high_water: usize,
+    /// Microseconds a shard spins without work before sleeping in its ring.
+    pub idle_spin_us: u64,
+    /// Slots per inter-shard mailbox (power of two); each slot carries a batch of events.
+    pub mailbox_slots: usize,
+    /// Provided receive buffers per shard (power of two) and their size in bytes.
+    pub recv_buffers: u16,
+    pub recv_buffer_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("rdmq-data"),
+            listen: "127.0.0.1:7420".parse().expect("constant address"),
+            shards: 0,
+            pin_threads: true,
+            auto_create: true,
+            queue_max_deliveries: 10,
+            queue_max_length: 4 << 20,
+            subscriber_buffer_max: 64 << 10,
+            slow_subscriber_policy: SlowSubscriberPolicy::DropOldest,
+            frame_body_max: rdmq_client::wire::frame::FRAME_BODY_MAX,
+            connections_per_shard: 4096,
+            conn_output_high_water: 4 << 20,
+            idle_spin_us: 50,
+            mailbox_slots: 1024,
+            recv_buffers: 512,
+            recv_buffer_bytes: 64 << 10,
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))
+    }
+
+    /// Checks relationships between fields; returns the first problem in words.
+    pub fn validate(&mut self) -> Result<(), String> {
+        if self.shards == 0 {
+            self.shards = crate::sys::allowed_cpus().len().max(1);
+        }
+        if self.shards > 256 {
+            return Err(format!("shards = {}: at most 256", self.shards));
+        }
+        if !self.mailbox_slots.is_power_of_two() || self.mailbox_slots < 2 {
+            return Err("mailbox_slots must be a power of two, at least 2".into());
+        }
+        if !self.recv_buffers.is_power_of_two() {
+            return Err("recv_buffers must be a power of two".into());
+        }
+        if self.recv_buffer_bytes < 4096 {
+            return Err("recv_buffer_bytes must be at least 4096".into());
+        }
+        if self.frame_body_max < 4096 || self.frame_body_max > (256 << 20) {
+            return Err("frame_body_max must be between 4 KiB and 256 MiB".into());
+        }
+        if self.queue_max_deliveries == 0 || self.queue_max_length == 0 {
+            return Err("queue_max_deliveries and queue_max_length must be positive".into());
+        }
+        if self.subscriber_buffer_max == 0 || self.connections_per_shard == 0 {
+            return Err("subscriber_buffer_max and connections_per_shard must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults_and_rejects_unknown_keys() {
+        let c: Config = toml::from_str("shards = 3\nslow_subscriber_policy = \"disconnect\"").unwrap();
+        assert_eq!(c.shards, 3);
+        assert_eq!(c.slow_subscriber_policy, SlowSubscriberPolicy::Disconnect);
+        assert_eq!(c.queue_max_deliveries, Config::default().queue_max_deliveries);
+        assert!(toml::from_str::<Config>("shardz = 3").is_err());
+    }
+
+    #[test]
+    fn validation() {
+        let mut c = Config { mailbox_slots: 3, ..Config::default() };
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.validate().unwrap();
+        assert!(c.shards >= 1);
+    }
+}

@@ -1,0 +1,94 @@
+//! One client connection's state on its shard: input reassembly, output buffers (one being
+//! filled, one leased to the kernel), and the consumers and subscriptions it opened.
+//!
+//! Owned by the shard that accepted the connection; never touched by another thread.
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use crate::broker::MsgRef;
+use rdmq_client::wire::deliver::DeliverWriter;
+
+/// Entries per DELIVER frame written from a topic buffer: large enough to amortise the frame
+/// header, small enough that one frame never approaches a client's frame limit.
+pub const TOPIC_DELIVER_BATCH: usize = 1024;
+
+/// A topic subscription's bounded buffer.
+#[derive(Default)]
+pub struct SubState {
+    pub pending: VecDeque<MsgRef>,
+    pub dropped: u64,
+}
+
+pub struct Conn {
+    pub fd: RawFd,
+    pub generation: u32,
+    pub handshaken: bool,
+    pub closing: bool,
+    pub flush_on_close: bool,
+    pub close_reason: String,
+    pub recv_armed: bool,
+    /// Bytes received but not yet forming a whole frame.
+    pub inbuf: Vec<u8>,
+    /// Output being filled this pass.
+    pub out: Vec<u8>,
+    /// Output leased to the kernel while `send_inflight`.
+    pub sending: Vec<u8>,
+    pub send_offset: usize,
+    pub send_inflight: bool,
+    /// Consumer id → queue name.
+    pub consumers: FxHashMap<u32, Arc<str>>,
+    pub subs: FxHashMap<u32, SubState>,
+    /// CONSUME requests awaiting the queue owner's answer: request id → consumer id.
+    pub pending_consume: FxHashMap<u64, u32>,
+}
+
+impl Conn {
+    pub fn new(fd: RawFd, generation: u32) -> Conn {
+        Conn {
+            fd,
+            generation,
+            handshaken: false,
+            closing: false,
+            flush_on_close: false,
+            close_reason: String::new(),
+            recv_armed: true,
+            inbuf: Vec::new(),
+            out: Vec::with_capacity(64 << 10),
+            sending: Vec::with_capacity(64 << 10),
+            send_offset: 0,
+            send_inflight: false,
+            consumers: FxHashMap::default(),
+            subs: FxHashMap::default(),
+            pending_consume: FxHashMap::default(),
+        }
+    }
+
+    /// Whether `id` is already used by a consumer or subscription of this connection.
+    pub fn id_in_use(&self, id: u32) -> bool {
+        self.consumers.contains_key(&id) || self.subs.contains_key(&id)
+    }
+
+    /// Moves buffered topic messages into the output until it reaches `high_water`.
+    /// Returns how many messages were written.
+    pub fn pump(&mut self, high_water: usize) -> usize {
+        if self.closing {
+            return 0;
+        }
+        let mut written = 0;
+        for (&id, sub) in self.subs.iter_mut() {
+            while !sub.pending.is_empty() && self.out.len() < high_water {
+                let mut w = DeliverWriter::begin(&mut self.out, id);
+                for m in sub.pending.drain(..sub.pending.len().min(TOPIC_DELIVER_BATCH)) {
+                    w.push(&mut self.out, 0, 1, 0, m.bytes());
+                }
+                written += w.count() as usize;
+                w.finish(&mut self.out);
+            }
+        }
+        written
+    }
+}

@@ -1,0 +1,46 @@
+//! Events that travel between shards through the mailboxes (and within a shard through its
+//! local queue). Each names its target implicitly: queue events go to the queue's owner, delivery
+//! and reply events to the shard that owns the connection, broadcasts to every shard.
+
+use std::sync::Arc;
+
+use crate::broker::queue::{Delivered, QMsg, QueueOptions, Settle};
+use crate::broker::SubKey;
+
+/// Where the answer to a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyTo {
+    pub shard: u16,
+    pub slot: u32,
+    pub generation: u32,
+    pub request_id: u64,
+}
+
+#[derive(Debug)]
+pub enum ReplyKind {
+    Ok,
+    Confirm { position: u64, count: u32 },
+    Error { code: u16, message: String },
+}
+
+#[derive(Debug)]
+pub enum Event {
+    // To the queue's owner.
+    DeclareQueue { reply: ReplyTo, name: Arc<str>, opts: QueueOptions, explicit_dlq: bool },
+    DeleteQueue { reply: ReplyTo, name: Arc<str> },
+    Publish { reply: ReplyTo, queue: Arc<str>, batch: Arc<[u8]>, count: u32 },
+    DeadLetter { queue: Arc<str>, msgs: Vec<QMsg> },
+    Consume { reply: ReplyTo, queue: Arc<str>, key: SubKey, credit: u32 },
+    Cancel { reply: ReplyTo, queue: Arc<str>, key: SubKey },
+    Settle { queue: Arc<str>, key: SubKey, op: Settle, multiple: bool, tags: Vec<u64> },
+    // To the connection's shard.
+    Deliver { key: SubKey, msgs: Vec<Delivered> },
+    TopicDeliver { key: SubKey, batch: Arc<[u8]>, spans: Arc<[(u32, u32)]> },
+    Reply { to: ReplyTo, kind: ReplyKind },
+    // To every shard.
+    SubAdd { pattern: Arc<str>, key: SubKey },
+    SubRemove { key: SubKey },
+    TopicDeclare { name: Arc<str> },
+    TopicDelete { name: Arc<str> },
+    ConnClosed { shard: u16, slot: u32, generation: u32 },
+}

@@ -1,0 +1,510 @@
+//! What a shard does with each frame a client sends and each event another shard sends.
+//!
+//! Runs on the shard thread that owns the connection (frames) or the destination (events).
+//! Frames are decoded by the client crate's codec; a frame that does not decode, or arrives out
+//! of order, closes only its own connection with an ERROR frame saying why.
+
+use std::sync::Arc;
+
+use rdmq_client::error_code as code;
+use rdmq_client::wire::deliver::{DeliverWriter, FLAG_REDELIVERED};
+use rdmq_client::wire::error::{encode_ok, ErrorFrame};
+use rdmq_client::wire::frame::FLAG_MULTIPLE;
+use rdmq_client::wire::hello::Welcome;
+use rdmq_client::wire::publish::{DestKind, Publish};
+use rdmq_client::wire::record::BatchView;
+use rdmq_client::wire::{self, Command, FrameHeader, PROTOCOL_VERSION};
+
+use crate::broker::pattern;
+use crate::broker::queue::{Delivered, QMsg, Queue, QueueOptions, Settle};
+use crate::broker::{store, SubKey};
+use crate::conn::SubState;
+use crate::event::{Event, ReplyKind, ReplyTo};
+use crate::metrics;
+use crate::shard::Shard;
+
+/// A DELIVER frame for a queue consumer is cut at this size, far below any client's limit.
+const DELIVER_FRAME_BYTES: usize = 1 << 20;
+
+impl Shard {
+    /// Bytes arrived for the connection in `slot`: append them and handle every whole frame.
+    pub fn on_bytes(&mut self, slot: u32, generation: u32, bid: u16, len: usize) {
+        let data = self.ring.buffer(bid, len);
+        let Some(conn) = self.conns[slot as usize].as_mut().filter(|c| c.generation == generation)
+        else {
+            return;
+        };
+        if conn.closing {
+            return;
+        }
+        conn.inbuf.extend_from_slice(data);
+        let inbuf = std::mem::take(&mut conn.inbuf);
+        let body_max = self.cfg.frame_body_max;
+        let mut pos = 0;
+        loop {
+            match wire::split_frame(&inbuf[pos..], body_max) {
+                Ok(None) => break,
+                Ok(Some((h, body))) => {
+                    let frame_len = wire::FRAME_HEADER_LEN + body.len();
+                    self.on_frame(slot, generation, &h, body);
+                    pos += frame_len;
+                    if self.conns[slot as usize].as_ref().is_none_or(|c| c.closing) {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let c = if matches!(e, wire::DecodeError::Invalid { offset: 0, .. }) {
+                        code::FRAME_TOO_LARGE
+                    } else {
+                        code::PROTOCOL_ERROR
+                    };
+                    fatal(self, slot, c, &format!("bad frame header: {e}"));
+                    return;
+                }
+            }
+        }
+        let conn = self.conns[slot as usize].as_mut().expect("still open");
+        conn.inbuf = inbuf;
+        conn.inbuf.drain(..pos);
+    }
+
+    fn on_frame(&mut self, slot: u32, generation: u32, h: &FrameHeader, body: &[u8]) {
+        let reply = ReplyTo { shard: self.id, slot, generation, request_id: h.request_id };
+        let cmd = match wire::decode(h, body) {
+            Ok(cmd) => cmd,
+            Err(e) => {
+                let msg = format!("malformed frame (opcode 0x{:02x}): {e}", h.opcode);
+                return fatal(self, slot, code::PROTOCOL_ERROR, &msg);
+            }
+        };
+        let handshaken = self.conns[slot as usize].as_ref().expect("live").handshaken;
+        match (handshaken, cmd) {
+            (false, Command::Hello(hello)) => self.on_hello(slot, reply, hello.version_min, hello.version_max),
+            (false, other) => {
+                let msg = format!("expected HELLO as the first frame, got {}", name_of(&other));
+                fatal(self, slot, code::PROTOCOL_ERROR, &msg)
+            }
+            (true, Command::Hello(_)) => fatal(self, slot, code::PROTOCOL_ERROR, "HELLO sent twice"),
+            (true, Command::Ping(p)) => {
+                let conn = self.conns[slot as usize].as_mut().expect("live");
+                p.encode(&mut conn.out, h.request_id, true);
+                self.dirty_conns.push(slot);
+            }
+            (true, Command::DeclareQueue(d)) => {
+                let Some(opts) = self.queue_options(reply, d.durability, d.max_deliveries, d.max_length, d.name, d.dead_letter)
+                else {
+                    return;
+                };
+                let name: Arc<str> = d.name.into();
+                let explicit_dlq = !d.dead_letter.is_empty();
+                self.route(self.queue_owner(&name), Event::DeclareQueue { reply, name, opts, explicit_dlq });
+            }
+            (true, Command::DeleteQueue(n)) => {
+                let name: Arc<str> = n.name.into();
+                self.route(self.queue_owner(&name), Event::DeleteQueue { reply, name });
+            }
+            (true, Command::DeclareTopic(n)) => {
+                if let Err(e) = pattern::validate_topic(n.name) {
+                    return self.reply(reply, err(code::INVALID_ARGUMENT, e.0));
+                }
+                let name: Arc<str> = n.name.into();
+                self.broadcast(|| Event::TopicDeclare { name: name.clone() });
+                self.reply(reply, ReplyKind::Ok);
+            }
+            (true, Command::DeleteTopic(n)) => {
+                let name: Arc<str> = n.name.into();
+                self.broadcast(|| Event::TopicDelete { name: name.clone() });
+                self.reply(reply, ReplyKind::Ok);
+            }
+            (true, Command::Publish(p)) => self.on_publish(reply, body, p),
+            (true, Command::Subscribe(s)) => self.on_subscribe(slot, generation, reply, s.id, s.pattern),
+            (true, Command::Consume(c)) => self.on_consume(slot, generation, reply, c.id, c.credit, c.queue),
+            (true, Command::Unsubscribe(u)) => self.on_unsubscribe(slot, generation, reply, u.id),
+            (true, Command::Ack(a)) => self.on_settle(slot, generation, Settle::Ack, h.flags, &a),
+            (true, Command::Nack(a)) => self.on_settle(slot, generation, Settle::Nack, h.flags, &a),
+            (true, Command::Reject(a)) => self.on_settle(slot, generation, Settle::Reject, h.flags, &a),
+            (true, other) => {
+                let msg = format!("{} is sent by servers, not clients", name_of(&other));
+                fatal(self, slot, code::PROTOCOL_ERROR, &msg)
+            }
+        }
+    }
+
+    fn on_hello(&mut self, slot: u32, reply: ReplyTo, min: u16, max: u16) {
+        if !(min..=max).contains(&PROTOCOL_VERSION) {
+            let msg = format!("client speaks versions {min}..={max}; this server speaks {PROTOCOL_VERSION}");
+            return fatal(self, slot, code::UNSUPPORTED_VERSION, &msg);
+        }
+        let (id, shards, frame_max) = (self.id, self.shards as u16, self.cfg.frame_body_max as u32);
+        let conn = self.conns[slot as usize].as_mut().expect("live");
+        conn.handshaken = true;
+        let w = Welcome {
+            version: PROTOCOL_VERSION,
+            shard: id,
+            shard_count: shards,
+            frame_body_max: frame_max,
+            server_name: concat!("rdmq ", env!("CARGO_PKG_VERSION")),
+        };
+        w.encode(&mut conn.out, reply.request_id);
+        self.dirty_conns.push(slot);
+    }
+
+    /// Fills in server defaults; answers an error and returns `None` if the options are invalid.
+    fn queue_options(
+        &mut self,
+        reply: ReplyTo,
+        durability: rdmq_client::Durability,
+        max_deliveries: u32,
+        max_length: u32,
+        name: &str,
+        dead_letter: &str,
+    ) -> Option<QueueOptions> {
+        let dead_letter = if dead_letter.is_empty() { format!("{name}.dlq") } else { dead_letter.to_string() };
+        if dead_letter == name {
+            self.reply(reply, err(code::INVALID_ARGUMENT, "a queue cannot be its own dead-letter queue".into()));
+            return None;
+        }
+        Some(QueueOptions {
+            durability,
+            max_deliveries: if max_deliveries == 0 { self.cfg.queue_max_deliveries } else { max_deliveries },
+            max_length: if max_length == 0 { self.cfg.queue_max_length } else { max_length },
+            dead_letter: Some(dead_letter),
+        })
+    }
+
+    fn on_publish(&mut self, reply: ReplyTo, body: &[u8], p: Publish<'_>) {
+        metrics::add(&self.metrics.published, p.batch.count as u64);
+        match p.kind {
+            DestKind::Queue => {
+                let batch: Arc<[u8]> = Arc::from(&body[p.batch_offset..]);
+                let queue: Arc<str> = p.name.into();
+                let owner = self.queue_owner(&queue);
+                self.route(owner, Event::Publish { reply, queue, batch, count: p.batch.count });
+            }
+            DestKind::Topic => {
+                if let Err(e) = pattern::validate_topic(p.name) {
+                    return self.reply(reply, err(code::INVALID_ARGUMENT, e.0));
+                }
+                if !self.cfg.auto_create && !self.topics.contains_key(p.name) {
+                    let msg = format!("no topic {:?} (auto_create is off)", p.name);
+                    return self.reply(reply, err(code::NOT_FOUND, msg));
+                }
+                let mut targets: Vec<SubKey> = Vec::new();
+                self.subscriptions.for_each_match(p.name, |k| targets.push(k));
+                if !targets.is_empty() {
+                    let batch: Arc<[u8]> = Arc::from(&body[p.batch_offset..]);
+                    let spans: Arc<[(u32, u32)]> =
+                        p.batch.records().map(|(at, r)| (at as u32, r.bytes.len() as u32)).collect();
+                    for key in targets {
+                        let ev = Event::TopicDeliver { key, batch: batch.clone(), spans: spans.clone() };
+                        self.route(key.shard as usize, ev);
+                    }
+                }
+                let position = self.topic_seq;
+                self.topic_seq += p.batch.count as u64;
+                self.reply(reply, ReplyKind::Confirm { position, count: p.batch.count });
+            }
+        }
+    }
+
+    fn on_subscribe(&mut self, slot: u32, generation: u32, reply: ReplyTo, id: u32, pat: &str) {
+        if let Err(e) = pattern::validate_pattern(pat) {
+            return self.reply(reply, err(code::INVALID_ARGUMENT, e.0));
+        }
+        let conn = self.conns[slot as usize].as_mut().expect("live");
+        if conn.id_in_use(id) {
+            return self.reply(reply, err(code::INVALID_ARGUMENT, format!("id {id} already in use")));
+        }
+        let pattern: Arc<str> = pat.into();
+        conn.subs.insert(id, SubState::default());
+        let key = SubKey { shard: self.id, slot, generation, id };
+        self.broadcast(|| Event::SubAdd { pattern: pattern.clone(), key });
+        self.reply(reply, ReplyKind::Ok);
+    }
+
+    fn on_consume(&mut self, slot: u32, generation: u32, reply: ReplyTo, id: u32, credit: u32, queue: &str) {
+        let conn = self.conns[slot as usize].as_mut().expect("live");
+        if conn.id_in_use(id) {
+            return self.reply(reply, err(code::INVALID_ARGUMENT, format!("id {id} already in use")));
+        }
+        let queue: Arc<str> = queue.into();
+        conn.consumers.insert(id, queue.clone());
+        conn.pending_consume.insert(reply.request_id, id);
+        let key = SubKey { shard: self.id, slot, generation, id };
+        self.route(self.queue_owner(&queue), Event::Consume { reply, queue, key, credit });
+    }
+
+    fn on_unsubscribe(&mut self, slot: u32, generation: u32, reply: ReplyTo, id: u32) {
+        let conn = self.conns[slot as usize].as_mut().expect("live");
+        let key = SubKey { shard: self.id, slot, generation, id };
+        if let Some(queue) = conn.consumers.remove(&id) {
+            self.route(self.queue_owner(&queue), Event::Cancel { reply, queue, key });
+        } else if conn.subs.remove(&id).is_some() {
+            self.broadcast(|| Event::SubRemove { key });
+            self.reply(reply, ReplyKind::Ok);
+        } else {
+            self.reply(reply, err(code::NOT_FOUND, format!("no subscription or consumer {id}")));
+        }
+    }
+
+    fn on_settle(&mut self, slot: u32, generation: u32, op: Settle, flags: u8, acks: &wire::ack::Acks<'_>) {
+        let conn = self.conns[slot as usize].as_mut().expect("live");
+        // Unknown consumers are ignored: the consumer may have been cancelled with acks in flight.
+        let Some(queue) = conn.consumers.get(&acks.consumer).cloned() else { return };
+        let key = SubKey { shard: self.id, slot, generation, id: acks.consumer };
+        let ev = Event::Settle { queue, key, op, multiple: flags & FLAG_MULTIPLE != 0, tags: acks.tags().collect() };
+        self.route(self.queue_owner_of_key(&ev), ev);
+    }
+
+    fn queue_owner_of_key(&self, ev: &Event) -> usize {
+        match ev {
+            Event::Settle { queue, .. } => self.queue_owner(queue),
+            _ => unreachable!("only settles are routed here"),
+        }
+    }
+
+    /// The queue `name` on this shard, created with default options if auto-creation is on.
+    fn queue_or_create(&mut self, name: &Arc<str>, dead_letter_target: bool) -> Option<&mut Queue> {
+        if !self.queues.contains_key(name) {
+            if !self.cfg.auto_create && !dead_letter_target {
+                return None;
+            }
+            let opts = QueueOptions {
+                durability: rdmq_client::Durability::Memory,
+                max_deliveries: self.cfg.queue_max_deliveries,
+                max_length: self.cfg.queue_max_length,
+                dead_letter: (!dead_letter_target).then(|| format!("{name}.dlq")),
+            };
+            let store = store::open(opts.durability).expect("memory store always opens");
+            self.queues.insert(name.clone(), Queue::new(name.clone(), opts, store));
+        }
+        self.queues.get_mut(name)
+    }
+
+    fn route_dead_letters(&mut self, dlq: Option<String>, msgs: Vec<QMsg>) {
+        if msgs.is_empty() {
+            return;
+        }
+        metrics::add(&self.metrics.dead_lettered, msgs.len() as u64);
+        let dlq: Arc<str> = dlq.expect("queues without a dead-letter queue drop instead").into();
+        let owner = self.queue_owner(&dlq);
+        self.route(owner, Event::DeadLetter { queue: dlq, msgs });
+    }
+
+    fn write_deliveries(&mut self, key: SubKey, msgs: Vec<Delivered>) {
+        let Some(conn) = self.conn(key.slot, key.generation) else { return };
+        if conn.closing || !conn.consumers.contains_key(&key.id) {
+            // Dropped here; the queue requeues them when the cancel or close reaches it.
+            return;
+        }
+        let mut w = DeliverWriter::begin(&mut conn.out, key.id);
+        let mut frame_start = conn.out.len();
+        for m in &msgs {
+            if conn.out.len() - frame_start > DELIVER_FRAME_BYTES {
+                w.finish(&mut conn.out);
+                frame_start = conn.out.len();
+                w = DeliverWriter::begin(&mut conn.out, key.id);
+            }
+            let flags = if m.redelivered { FLAG_REDELIVERED } else { 0 };
+            w.push(&mut conn.out, m.tag, m.delivery_count, flags, m.rec.bytes());
+        }
+        w.finish(&mut conn.out);
+        metrics::add(&self.metrics.delivered, msgs.len() as u64);
+        self.dirty_conns.push(key.slot);
+    }
+
+    fn write_reply(&mut self, to: ReplyTo, kind: ReplyKind) {
+        let Some(conn) = self.conn(to.slot, to.generation) else { return };
+        if let Some(id) = conn.pending_consume.remove(&to.request_id) {
+            if matches!(kind, ReplyKind::Error { .. }) {
+                conn.consumers.remove(&id);
+            }
+        }
+        match kind {
+            ReplyKind::Ok => encode_ok(&mut conn.out, to.request_id),
+            ReplyKind::Confirm { position, count } => {
+                wire::confirm::Confirm { position, count }.encode(&mut conn.out, to.request_id)
+            }
+            ReplyKind::Error { code, message } => {
+                ErrorFrame { code, message: &message }.encode(&mut conn.out, to.request_id)
+            }
+        }
+        self.dirty_conns.push(to.slot);
+    }
+}
+
+/// Applies one event to the shard that owns its subject.
+pub fn apply(s: &mut Shard, ev: Event) {
+    match ev {
+        Event::DeclareQueue { reply, name, opts, explicit_dlq } => declare_queue(s, reply, name, opts, explicit_dlq),
+        Event::DeleteQueue { reply, name } => {
+            let kind = match s.queues.get(&name) {
+                None => err(code::NOT_FOUND, format!("no queue {name:?}")),
+                Some(q) if q.consumer_count() > 0 => err(
+                    code::PRECONDITION_FAILED,
+                    format!("queue {name:?} has {} consumers", q.consumer_count()),
+                ),
+                Some(_) => {
+                    s.queues.remove(&name);
+                    ReplyKind::Ok
+                }
+            };
+            s.reply(reply, kind);
+        }
+        Event::Publish { reply, queue, batch, count } => {
+            let now = s.now_ms;
+            let Some(q) = s.queue_or_create(&queue, false) else {
+                let msg = format!("no queue {queue:?} (auto_create is off)");
+                return s.reply(reply, err(code::NOT_FOUND, msg));
+            };
+            let recs = BatchView::trusted(&batch)
+                .records()
+                .map(|(at, r)| (at as u32, r.bytes.len() as u32, r.header.ttl_ms));
+            let kind = match q.publish(&batch, recs, count, now) {
+                Ok((position, count)) => ReplyKind::Confirm { position, count },
+                Err(e @ crate::broker::queue::QueueError::Full { .. }) => err(code::RESOURCE_LIMIT, format!("{queue}: {e}")),
+                Err(e) => err(code::INTERNAL, format!("{queue}: {e}")),
+            };
+            s.mark_queue_dirty(&queue);
+            s.reply(reply, kind);
+        }
+        Event::DeadLetter { queue, msgs } => {
+            let now = s.now_ms;
+            let q = s.queue_or_create(&queue, true).expect("dead-letter queues are always created");
+            q.append_dead_letters(msgs, now);
+            s.mark_queue_dirty(&queue);
+        }
+        Event::Consume { reply, queue, key, credit } => {
+            let Some(q) = s.queue_or_create(&queue, false) else {
+                let msg = format!("no queue {queue:?} (auto_create is off)");
+                return s.reply(reply, err(code::NOT_FOUND, msg));
+            };
+            let kind = match q.add_consumer(key, credit) {
+                Ok(()) => ReplyKind::Ok,
+                Err(e) => err(code::INVALID_ARGUMENT, e.to_string()),
+            };
+            s.mark_queue_dirty(&queue);
+            s.reply(reply, kind);
+        }
+        Event::Cancel { reply, queue, key } => {
+            let mut dead = Vec::new();
+            let mut dlq = None;
+            if let Some(q) = s.queues.get_mut(&queue) {
+                q.remove_consumer(key, &mut dead);
+                dlq = q.opts.dead_letter.clone();
+            }
+            s.route_dead_letters(dlq, dead);
+            s.mark_queue_dirty(&queue);
+            s.reply(reply, ReplyKind::Ok);
+        }
+        Event::Settle { queue, key, op, multiple, tags } => {
+            let mut dead = Vec::new();
+            let Some(q) = s.queues.get_mut(&queue) else { return };
+            q.settle(key, op, multiple, tags.into_iter(), &mut dead);
+            let dlq = q.opts.dead_letter.clone();
+            s.route_dead_letters(dlq, dead);
+            s.mark_queue_dirty(&queue);
+        }
+        Event::Deliver { key, msgs } => s.write_deliveries(key, msgs),
+        Event::TopicDeliver { key, batch, spans } => s.buffer_topic(key, &batch, &spans),
+        Event::Reply { to, kind } => s.write_reply(to, kind),
+        Event::SubAdd { pattern, key } => s.subscriptions.add(&pattern, key),
+        Event::SubRemove { key } => s.subscriptions.remove(key),
+        Event::TopicDeclare { name } => {
+            s.topics.insert(name, ());
+        }
+        Event::TopicDelete { name } => {
+            s.topics.remove(&name);
+        }
+        Event::ConnClosed { shard, slot, generation } => {
+            s.subscriptions.remove_connection(shard, slot, generation);
+            let mut all_dead = Vec::new();
+            let mut touched = Vec::new();
+            for (name, q) in s.queues.iter_mut() {
+                if q.consumer_count() == 0 {
+                    continue;
+                }
+                let mut dead = Vec::new();
+                q.remove_connection(shard, slot, generation, &mut dead);
+                touched.push(name.clone());
+                if !dead.is_empty() {
+                    all_dead.push((q.opts.dead_letter.clone(), dead));
+                }
+            }
+            for name in touched {
+                s.mark_queue_dirty(&name);
+            }
+            for (dlq, dead) in all_dead {
+                s.route_dead_letters(dlq, dead);
+            }
+        }
+    }
+}
+
+fn declare_queue(s: &mut Shard, reply: ReplyTo, name: Arc<str>, opts: QueueOptions, explicit_dlq: bool) {
+    if let Some(q) = s.queues.get(&name) {
+        // An auto-created queue has default options; a declaration only conflicts on the fields
+        // it set explicitly, as RabbitMQ compares declared arguments.
+        let same = q.opts.durability == opts.durability
+            && q.opts.max_deliveries == opts.max_deliveries
+            && q.opts.max_length == opts.max_length
+            && (!explicit_dlq || q.opts.dead_letter == opts.dead_letter);
+        let kind = if same {
+            ReplyKind::Ok
+        } else {
+            err(
+                code::PRECONDITION_FAILED,
+                format!("queue {name:?} exists with different options: {:?}", q.opts),
+            )
+        };
+        return s.reply(reply, kind);
+    }
+    match store::open(opts.durability) {
+        Ok(store) => {
+            s.queues.insert(name.clone(), Queue::new(name, opts, store));
+            s.reply(reply, ReplyKind::Ok);
+        }
+        Err(e) => s.reply(reply, err(code::INVALID_ARGUMENT, e.0)),
+    }
+}
+
+fn err(code: u16, message: String) -> ReplyKind {
+    ReplyKind::Error { code, message }
+}
+
+/// Writes a connection-level ERROR and closes the connection once it is sent.
+pub fn fatal(s: &mut Shard, slot: u32, code: u16, message: &str) {
+    let Some(conn) = s.conns[slot as usize].as_mut() else { return };
+    if conn.closing {
+        return;
+    }
+    ErrorFrame { code, message }.encode(&mut conn.out, 0);
+    if code == code::PROTOCOL_ERROR || code == code::FRAME_TOO_LARGE {
+        metrics::add(&s.metrics.protocol_errors, 1);
+    }
+    s.close_conn_with(slot, message, true);
+}
+
+fn name_of(cmd: &Command<'_>) -> &'static str {
+    match cmd {
+        Command::Hello(_) => "HELLO",
+        Command::Welcome(_) => "WELCOME",
+        Command::Ping(_) => "PING",
+        Command::Pong(_) => "PONG",
+        Command::DeclareQueue(_) => "DECLARE_QUEUE",
+        Command::DeleteQueue(_) => "DELETE_QUEUE",
+        Command::DeclareTopic(_) => "DECLARE_TOPIC",
+        Command::DeleteTopic(_) => "DELETE_TOPIC",
+        Command::Publish(_) => "PUBLISH",
+        Command::Confirm(_) => "CONFIRM",
+        Command::Subscribe(_) => "SUBSCRIBE",
+        Command::Consume(_) => "CONSUME",
+        Command::Unsubscribe(_) => "UNSUBSCRIBE",
+        Command::Deliver(_) => "DELIVER",
+        Command::Ack(_) => "ACK",
+        Command::Nack(_) => "NACK",
+        Command::Reject(_) => "REJECT",
+        Command::Ok => "OK",
+        Command::Error(_) => "ERROR",
+    }
+}

@@ -1,0 +1,35 @@
+//! Server-wide counters. Shards add with relaxed atomics (no ordering is implied between them);
+//! they are printed at shutdown and served by the STATS admin path.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! metrics {
+    ($($name:ident: $doc:literal),* $(,)?) => {
+        #[derive(Default)]
+        pub struct Metrics { $(#[doc = $doc] pub $name: AtomicU64,)* }
+
+        impl Metrics {
+            /// `name value` pairs, one per counter.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+metrics! {
+    connections_accepted: "Connections accepted by any shard.",
+    connections_closed: "Connections closed for any reason.",
+    protocol_errors: "Connections closed because of malformed or out-of-order frames.",
+    published: "Messages accepted by a queue or topic.",
+    delivered: "Messages written to consumers and subscribers.",
+    expired: "Queue messages discarded because their TTL passed.",
+    dead_lettered: "Queue messages moved to a dead-letter queue.",
+    topic_dropped: "Topic messages dropped for slow subscribers (drop_oldest policy).",
+    slow_disconnects: "Subscribers disconnected for being slow (disconnect policy).",
+    mailbox_full: "Times a shard found a peer's mailbox full and kept the batch for the next pass.",
+}
+
+pub fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}

@@ -1,0 +1,109 @@
+//! Start-up and shutdown: validates the config, binds one `SO_REUSEPORT` listener per shard,
+//! builds the mailbox matrix, and runs one pinned shard thread per core.
+//!
+//! Runs on the main thread; after start-up it only waits for the shards to finish.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::event::Event;
+use crate::mailbox::{mailbox, Receiver, Sender};
+use crate::metrics::Metrics;
+use crate::shard::{Shard, ShardCtl, ShardInit};
+use crate::sys;
+
+/// A started server: its bound address and its shard threads.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    threads: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Server {
+    pub fn start(mut cfg: Config) -> Result<Server, String> {
+        cfg.validate()?;
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
+        let n = cfg.shards;
+        // Bind the first listener, then the rest on the port it got (the config may say 0).
+        let first = sys::reuseport_listener(cfg.listen)
+            .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+        let addr = sys::local_addr(first.as_raw_fd()).map_err(|e| e.to_string())?;
+        let mut listeners = vec![first];
+        for _ in 1..n {
+            listeners.push(sys::reuseport_listener(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
+        }
+        let ctls: Vec<ShardCtl> = (0..n)
+            .map(|_| {
+                let eventfd = sys::eventfd().map_err(|e| format!("eventfd: {e}"))?;
+                Ok(ShardCtl { sleeping: AtomicBool::new(false), eventfd })
+            })
+            .collect::<Result<_, String>>()?;
+        let ctls = Arc::new(ctls);
+        // senders[from][to], receivers[to][from]
+        let mut senders: Vec<Vec<Option<Sender<Vec<Event>>>>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+        let mut receivers: Vec<Vec<Receiver<Vec<Event>>>> = (0..n).map(|_| Vec::new()).collect();
+        for from in 0..n {
+            for (to, inbox) in receivers.iter_mut().enumerate() {
+                if from != to {
+                    let (tx, rx) = mailbox(cfg.mailbox_slots);
+                    senders[from][to] = Some(tx);
+                    inbox.push(rx);
+                }
+            }
+        }
+        let cpus = sys::allowed_cpus();
+        let cfg = Arc::new(cfg);
+        let metrics = Arc::new(Metrics::default());
+        let mut threads = Vec::new();
+        for (id, (listener, outbox)) in listeners.into_iter().zip(senders).enumerate().rev() {
+            let init = ShardInit {
+                id: id as u16,
+                cfg: cfg.clone(),
+                metrics: metrics.clone(),
+                listener,
+                ctls: ctls.clone(),
+                inbox: receivers.pop().expect("one inbox per shard"),
+                outbox,
+            };
+            let cpu = (cfg.pin_threads && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
+            let t = std::thread::Builder::new()
+                .name(format!("rdmq-shard-{id}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        if let Err(e) = sys::pin_to_cpu(cpu) {
+                            eprintln!("rdmq: shard {id}: cannot pin to cpu {cpu}: {e}");
+                        }
+                    }
+                    Shard::new(init)?.run()
+                })
+                .map_err(|e| format!("cannot spawn shard thread: {e}"))?;
+            threads.push(t);
+        }
+        Ok(Server { addr, metrics, threads })
+    }
+
+    /// Waits for every shard to stop (after SIGINT/SIGTERM). Returns the first shard error.
+    pub fn join(self) -> Result<(), String> {
+        let mut first = Ok(());
+        for t in self.threads {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    sys::request_termination();
+                    if first.is_ok() {
+                        first = Err(format!("shard failed: {e}"));
+                    }
+                }
+                Err(_) => {
+                    sys::request_termination();
+                    first = Err("a shard thread panicked".to_string());
+                }
+            }
+        }
+        first
+    }
+}

@@ -1,0 +1,524 @@
+//! The shard loop: one pinned thread per core owning an io_uring, its connections, the queues
+//! whose names hash to it and a replica of the topic subscription table.
+//!
+//! Each pass reads the clock once, drains the inbound mailboxes, reaps io_uring completions
+//! (both bounded), applies the resulting events, dispatches dirty queues, turns output into
+//! sends, flushes outbound mailboxes and makes one `io_uring_enter`. A pass that did nothing
+//! counts toward the idle strategy: spin for `idle_spin_us`, then sleep in the ring until a
+//! completion, an eventfd wake-up from another shard, or the housekeeping tick.
+//!
+//! `unsafe` is allowed here only for the two operations whose memory the shard leases to the
+//! kernel: a connection's send buffer and the eventfd read target.
+#![allow(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
+
+use crate::broker::queue::{Dispatch, Queue};
+use crate::broker::topic::SubscriptionTable;
+use crate::broker::{owner_shard, MsgRef, SubKey};
+use crate::config::Config;
+use crate::conn::Conn;
+use crate::event::{Event, ReplyKind, ReplyTo};
+use crate::mailbox::{Receiver, Sender};
+use crate::metrics::{self, Metrics};
+use crate::uring::{Completion, Uring};
+use crate::sys;
+
+/// Completions handled per pass, so mailboxes and sends get their turn under load.
+const COMPLETIONS_PER_PASS: usize = 1024;
+/// Mailbox slots drained per peer per pass, for the same reason.
+const MAILBOX_SLOTS_PER_PASS: usize = 64;
+/// Submission queue entries: a pass submits at most a few per active connection.
+const SQ_ENTRIES: u32 = 4096;
+/// Longest sleep in the ring: bounds how late TTL expiry and shutdown are noticed.
+const HOUSEKEEPING_TICK: Duration = Duration::from_millis(100);
+
+/// Operation kinds in the top byte of a completion's user data.
+pub mod op {
+    pub const ACCEPT: u8 = 1;
+    pub const RECV: u8 = 2;
+    pub const SEND: u8 = 3;
+    pub const WAKE: u8 = 4;
+    pub const CANCEL: u8 = 5;
+    pub const CLOSE: u8 = 6;
+}
+
+/// `[op: 8][generation: 24][slot: 32]`.
+pub fn user_data(op: u8, generation: u32, slot: u32) -> u64 {
+    ((op as u64) << 56) | (((generation & 0xFF_FFFF) as u64) << 32) | slot as u64
+}
+
+fn split_user_data(ud: u64) -> (u8, u32, u32) {
+    ((ud >> 56) as u8, ((ud >> 32) & 0xFF_FFFF) as u32, ud as u32)
+}
+
+/// What one shard shares with the others: how to wake it.
+pub struct ShardCtl {
+    pub sleeping: AtomicBool,
+    pub eventfd: OwnedFd,
+}
+
+pub struct Shard {
+    pub id: u16,
+    pub shards: usize,
+    pub cfg: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub ring: Uring,
+    listener: OwnedFd,
+    ctls: Arc<Vec<ShardCtl>>,
+    inbox: Vec<Receiver<Vec<Event>>>,
+    outbox: Vec<Option<Sender<Vec<Event>>>>,
+    /// Events staged per peer shard this pass; kept across passes while a mailbox is full.
+    staged: Vec<Vec<Event>>,
+    /// Events for this shard itself, applied within the pass.
+    pub local: VecDeque<Event>,
+    pub conns: Vec<Option<Conn>>,
+    free_slots: Vec<u32>,
+    generations: Vec<u32>,
+    /// Connections with output to send or subscriptions to pump.
+    pub dirty_conns: Vec<u32>,
+    pub queues: FxHashMap<Arc<str>, Queue>,
+    dirty_queues: Vec<Arc<str>>,
+    pub subscriptions: SubscriptionTable,
+    pub topics: FxHashMap<Arc<str>, ()>,
+    pub topic_seq: u64,
+    wake_buf: Box<u64>,
+    completions: Vec<Completion>,
+    pub now_ms: u64,
+    start: Instant,
+}
+
+pub struct ShardInit {
+    pub id: u16,
+    pub cfg: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub listener: OwnedFd,
+    pub ctls: Arc<Vec<ShardCtl>>,
+    pub inbox: Vec<Receiver<Vec<Event>>>,
+    pub outbox: Vec<Option<Sender<Vec<Event>>>>,
+}
+
+impl Shard {
+    pub fn new(init: ShardInit) -> std::io::Result<Shard> {
+        let cfg = init.cfg;
+        let ring = Uring::new(SQ_ENTRIES, cfg.recv_buffers, cfg.recv_buffer_bytes)?;
+        let n = cfg.shards;
+        let slots = cfg.connections_per_shard;
+        Ok(Shard {
+            id: init.id,
+            shards: n,
+            metrics: init.metrics,
+            ring,
+            listener: init.listener,
+            ctls: init.ctls,
+            inbox: init.inbox,
+            outbox: init.outbox,
+            staged: (0..n).map(|_| Vec::new()).collect(),
+            local: VecDeque::new(),
+            conns: (0..slots).map(|_| None).collect(),
+            free_slots: (0..slots as u32).rev().collect(),
+            generations: vec![0; slots],
+            dirty_conns: Vec::new(),
+            queues: FxHashMap::default(),
+            dirty_queues: Vec::new(),
+            subscriptions: SubscriptionTable::default(),
+            topics: FxHashMap::default(),
+            topic_seq: 0,
+            wake_buf: Box::new(0),
+            completions: Vec::with_capacity(COMPLETIONS_PER_PASS),
+            now_ms: 0,
+            start: Instant::now(),
+            cfg,
+        })
+    }
+
+    /// Runs until termination is requested. Returns the first fatal ring error.
+    pub fn run(mut self) -> std::io::Result<()> {
+        self.ring.accept_multi(self.listener.as_raw_fd(), user_data(op::ACCEPT, 0, 0));
+        self.arm_wake();
+        self.ring.submit()?;
+        let spin = Duration::from_micros(self.cfg.idle_spin_us);
+        let mut idle_since: Option<Instant> = None;
+        while !sys::terminating() {
+            let work = self.pass()?;
+            if work > 0 {
+                idle_since = None;
+                continue;
+            }
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < spin {
+                std::hint::spin_loop();
+                continue;
+            }
+            self.sleep()?;
+            idle_since = None;
+        }
+        Ok(())
+    }
+
+    /// One pass of the loop; returns the amount of work done.
+    fn pass(&mut self) -> std::io::Result<usize> {
+        self.now_ms = self.start.elapsed().as_millis() as u64;
+        let mut work = self.drain_mailboxes();
+        self.completions.clear();
+        self.ring.reap(&mut self.completions, COMPLETIONS_PER_PASS);
+        let completions = std::mem::take(&mut self.completions);
+        work += completions.len();
+        for c in &completions {
+            self.on_completion(*c);
+        }
+        self.completions = completions;
+        work += self.apply_local();
+        self.dispatch_queues();
+        work += self.apply_local();
+        self.flush_conns();
+        self.flush_mailboxes();
+        self.ring.submit()?;
+        Ok(work)
+    }
+
+    fn sleep(&mut self) -> std::io::Result<()> {
+        let ctl = &self.ctls[self.id as usize];
+        ctl.sleeping.store(true, Ordering::SeqCst);
+        // A peer that pushed before seeing `sleeping` did not signal: look once more.
+        let pending = self.inbox.iter().any(|r| !r.is_empty()) || self.ring.has_completions();
+        if !pending {
+            self.ring.submit_and_wait(HOUSEKEEPING_TICK)?;
+        }
+        ctl.sleeping.store(false, Ordering::SeqCst);
+        self.now_ms = self.start.elapsed().as_millis() as u64;
+        for q in self.queues.values_mut() {
+            q.expire(self.now_ms);
+        }
+        Ok(())
+    }
+
+    fn arm_wake(&mut self) {
+        let fd = self.ctls[self.id as usize].eventfd.as_raw_fd();
+        let dst: *mut u64 = &mut *self.wake_buf;
+        // SAFETY: `wake_buf` is boxed, owned by the shard and outlives the ring's operations
+        // (the ring is dropped with the shard, which cancels them).
+        unsafe { self.ring.read_eventfd(fd, dst, user_data(op::WAKE, 0, 0)) };
+    }
+
+    fn drain_mailboxes(&mut self) -> usize {
+        let mut work = 0;
+        for peer in 0..self.inbox.len() {
+            for _ in 0..MAILBOX_SLOTS_PER_PASS {
+                let Some(batch) = self.inbox[peer].pop() else { break };
+                work += batch.len();
+                for ev in batch {
+                    self.apply(ev);
+                }
+            }
+        }
+        work
+    }
+
+    fn flush_mailboxes(&mut self) {
+        for peer in 0..self.shards {
+            if self.staged[peer].is_empty() {
+                continue;
+            }
+            let tx = self.outbox[peer].as_mut().expect("no mailbox to self");
+            let batch = std::mem::take(&mut self.staged[peer]);
+            match tx.push(batch) {
+                Ok(()) => {
+                    if self.ctls[peer].sleeping.load(Ordering::SeqCst) {
+                        sys::eventfd_signal(self.ctls[peer].eventfd.as_raw_fd());
+                    }
+                }
+                Err(batch) => {
+                    // Full: keep it for the next pass. Bounded by the clients' windows
+                    // (unconfirmed publishes, consumer credit), never by blocking this shard.
+                    metrics::add(&self.metrics.mailbox_full, 1);
+                    self.staged[peer] = batch;
+                }
+            }
+        }
+    }
+
+    /// Sends `ev` to shard `target` (applied later this pass if it is this shard).
+    pub fn route(&mut self, target: usize, ev: Event) {
+        if target == self.id as usize {
+            self.local.push_back(ev);
+        } else {
+            self.staged[target].push(ev);
+        }
+    }
+
+    /// Sends a copy of an event to every shard, this one included.
+    pub fn broadcast(&mut self, make: impl Fn() -> Event) {
+        for s in 0..self.shards {
+            self.route(s, make());
+        }
+    }
+
+    pub fn reply(&mut self, to: ReplyTo, kind: ReplyKind) {
+        self.route(to.shard as usize, Event::Reply { to, kind });
+    }
+
+    fn apply_local(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(ev) = self.local.pop_front() {
+            self.apply(ev);
+            n += 1;
+        }
+        n
+    }
+
+    pub fn queue_owner(&self, name: &str) -> usize {
+        owner_shard(name, self.shards)
+    }
+
+    pub fn mark_queue_dirty(&mut self, name: &Arc<str>) {
+        self.dirty_queues.push(name.clone());
+    }
+
+    fn dispatch_queues(&mut self) {
+        if self.dirty_queues.is_empty() {
+            return;
+        }
+        let mut dirty = std::mem::take(&mut self.dirty_queues);
+        dirty.sort_unstable();
+        dirty.dedup();
+        let mut out: Vec<Dispatch> = Vec::new();
+        for name in &dirty {
+            if let Some(q) = self.queues.get_mut(name) {
+                let expired = q.stats.expired;
+                q.dispatch(self.now_ms, &mut out);
+                metrics::add(&self.metrics.expired, q.stats.expired - expired);
+            }
+        }
+        for d in out {
+            self.route(d.consumer.shard as usize, Event::Deliver { key: d.consumer, msgs: d.msgs });
+        }
+        dirty.clear();
+        self.dirty_queues = dirty;
+    }
+
+    fn on_completion(&mut self, c: Completion) {
+        let (kind, generation, slot) = split_user_data(c.user_data);
+        match kind {
+            op::ACCEPT => self.on_accept(c),
+            op::RECV => self.on_recv(slot, generation, c),
+            op::SEND => self.on_send(slot, generation, c),
+            op::WAKE => self.arm_wake(),
+            op::CANCEL | op::CLOSE => {}
+            other => panic!("completion with unknown op {other}"),
+        }
+    }
+
+    fn on_accept(&mut self, c: Completion) {
+        if !c.more() {
+            self.ring.accept_multi(self.listener.as_raw_fd(), user_data(op::ACCEPT, 0, 0));
+        }
+        if c.result < 0 {
+            eprintln!("rdmq: shard {}: accept failed: {}", self.id, errno(c.result));
+            return;
+        }
+        let fd = c.result as RawFd;
+        let Some(slot) = self.free_slots.pop() else {
+            eprintln!("rdmq: shard {}: connection table full, refusing", self.id);
+            self.ring.close(fd, user_data(op::CLOSE, 0, 0));
+            return;
+        };
+        let _ = sys::set_nodelay(fd);
+        let generation = self.generations[slot as usize].wrapping_add(1) & 0xFF_FFFF;
+        self.generations[slot as usize] = generation;
+        self.conns[slot as usize] = Some(Conn::new(fd, generation));
+        self.ring.recv_multi(fd, user_data(op::RECV, generation, slot));
+        metrics::add(&self.metrics.connections_accepted, 1);
+    }
+
+    /// The connection in `slot` if it is still the one with `generation`.
+    pub fn conn(&mut self, slot: u32, generation: u32) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(slot as usize)?
+            .as_mut()
+            .filter(|c| c.generation == generation)
+    }
+
+    fn on_recv(&mut self, slot: u32, generation: u32, c: Completion) {
+        let bid = c.buffer();
+        let live = self.conn(slot, generation).is_some();
+        if !live {
+            if let Some(bid) = bid {
+                self.ring.recycle(bid);
+            }
+            return;
+        }
+        if c.result > 0 {
+            let bid = bid.expect("a receive with data names its buffer");
+            self.on_bytes(slot, generation, bid, c.result as usize);
+            self.ring.recycle(bid);
+        }
+        let conn = self.conn(slot, generation).expect("checked above");
+        if !c.more() {
+            conn.recv_armed = false;
+        }
+        if c.result == 0 {
+            self.close_conn(slot, "peer closed");
+        } else if c.result < 0 && c.result != -libc::ENOBUFS && c.result != -libc::ECANCELED {
+            let why = format!("receive failed: {}", errno(c.result));
+            self.close_conn(slot, &why);
+        }
+        let conn = self.conn(slot, generation).expect("closing keeps the slot");
+        if !conn.recv_armed && !conn.closing {
+            conn.recv_armed = true;
+            let fd = conn.fd;
+            self.ring.recv_multi(fd, user_data(op::RECV, generation, slot));
+        }
+        self.maybe_release(slot);
+    }
+
+    fn on_send(&mut self, slot: u32, generation: u32, c: Completion) {
+        let Some(conn) = self.conn(slot, generation) else { return };
+        conn.send_inflight = false;
+        if c.result < 0 {
+            conn.sending.clear();
+            conn.send_offset = 0;
+            let why = format!("send failed: {}", errno(c.result));
+            self.close_conn(slot, &why);
+            self.maybe_release(slot);
+            return;
+        }
+        conn.send_offset += c.result as usize;
+        if conn.send_offset >= conn.sending.len() {
+            conn.sending.clear();
+            conn.send_offset = 0;
+        }
+        self.dirty_conns.push(slot);
+        self.maybe_release(slot);
+    }
+
+    /// Starts sends for connections with output, pumping topic buffers first.
+    fn flush_conns(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty_conns);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for &slot in &dirty {
+            self.pump_subscriptions(slot);
+            let Some(conn) = self.conns[slot as usize].as_mut() else { continue };
+            if conn.send_inflight {
+                continue;
+            }
+            if conn.sending.is_empty() {
+                if conn.out.is_empty() {
+                    if conn.closing {
+                        self.maybe_release(slot);
+                    }
+                    continue;
+                }
+                std::mem::swap(&mut conn.sending, &mut conn.out);
+                conn.send_offset = 0;
+            }
+            conn.send_inflight = true;
+            let (fd, generation) = (conn.fd, conn.generation);
+            let buf = &conn.sending[conn.send_offset..];
+            // SAFETY: `sending` is leased to this send: it is neither touched nor dropped until
+            // its completion clears `send_inflight` (`maybe_release` waits for that).
+            unsafe { self.ring.send(fd, buf, user_data(op::SEND, generation, slot)) };
+        }
+        dirty.clear();
+        self.dirty_conns = dirty;
+    }
+
+    /// Begins closing a connection: tells every shard (its consumers' unacked messages are
+    /// requeued, its subscriptions removed), cancels its receive and, once nothing is in flight
+    /// and queued output is written, closes the socket.
+    pub fn close_conn(&mut self, slot: u32, why: &str) {
+        self.close_conn_with(slot, why, false)
+    }
+
+    /// As [`Shard::close_conn`]; with `flush`, queued output (an error frame) is written first.
+    pub fn close_conn_with(&mut self, slot: u32, why: &str, flush: bool) {
+        let id = self.id;
+        let Some(conn) = self.conns[slot as usize].as_mut() else { return };
+        if conn.closing {
+            return;
+        }
+        conn.closing = true;
+        conn.flush_on_close = flush;
+        if !flush {
+            conn.out.clear();
+        }
+        conn.close_reason = why.to_string();
+        let generation = conn.generation;
+        if conn.recv_armed {
+            let target = user_data(op::RECV, generation, slot);
+            self.ring.cancel(target, user_data(op::CANCEL, generation, slot));
+        }
+        self.broadcast(|| Event::ConnClosed { shard: id, slot, generation });
+        self.dirty_conns.push(slot);
+        metrics::add(&self.metrics.connections_closed, 1);
+    }
+
+    /// Frees the slot of a closing connection once no operation references its memory.
+    fn maybe_release(&mut self, slot: u32) {
+        let Some(conn) = self.conns[slot as usize].as_ref() else { return };
+        // An error frame is written before the close; a vanished peer's output is dropped.
+        let flushed = !conn.flush_on_close || (conn.out.is_empty() && conn.sending.is_empty());
+        if !conn.closing || conn.recv_armed || conn.send_inflight || !flushed {
+            return;
+        }
+        let conn = self.conns[slot as usize].take().expect("checked");
+        self.ring.close(conn.fd, user_data(op::CLOSE, 0, 0));
+        self.free_slots.push(slot);
+    }
+
+    /// Applies one event to this shard's state.
+    fn apply(&mut self, ev: Event) {
+        crate::handlers::apply(self, ev);
+    }
+
+    /// Writes buffered topic messages into a connection's output while it is below the
+    /// high-water mark, so a slow reader's backlog stays in its bounded subscription buffer.
+    fn pump_subscriptions(&mut self, slot: u32) {
+        let high_water = self.cfg.conn_output_high_water;
+        let Some(conn) = self.conns[slot as usize].as_mut() else { return };
+        let delivered = conn.pump(high_water);
+        metrics::add(&self.metrics.delivered, delivered as u64);
+    }
+
+    /// Queues topic messages for one subscription, applying the slow-subscriber policy.
+    pub fn buffer_topic(&mut self, key: SubKey, batch: &Arc<[u8]>, spans: &[(u32, u32)]) {
+        let max = self.cfg.subscriber_buffer_max;
+        let policy = self.cfg.slow_subscriber_policy;
+        let Some(conn) = self.conn(key.slot, key.generation) else { return };
+        let Some(sub) = conn.subs.get_mut(&key.id) else { return };
+        for &(offset, len) in spans {
+            sub.pending.push_back(MsgRef { batch: batch.clone(), offset, len });
+        }
+        let excess = sub.pending.len().saturating_sub(max);
+        if excess > 0 {
+            match policy {
+                crate::config::SlowSubscriberPolicy::DropOldest => {
+                    sub.pending.drain(..excess);
+                    sub.dropped += excess as u64;
+                    metrics::add(&self.metrics.topic_dropped, excess as u64);
+                }
+                crate::config::SlowSubscriberPolicy::Disconnect => {
+                    metrics::add(&self.metrics.slow_disconnects, 1);
+                    let msg = format!(
+                        "subscription {} fell {} messages behind; disconnecting (slow subscriber)",
+                        key.id, max
+                    );
+                    crate::handlers::fatal(self, key.slot, rdmq_client::error_code::SLOW_CONSUMER, &msg);
+                    return;
+                }
+            }
+        }
+        self.dirty_conns.push(key.slot);
+    }
+}
+
+fn errno(res: i32) -> std::io::Error {
+    std::io::Error::from_raw_os_error(-res)
+}
