@@ -26,21 +26,76 @@ pub enum ReplyKind {
 #[derive(Debug)]
 pub enum Event {
     // To the queue's owner.
-    DeclareQueue { reply: ReplyTo, name: Arc<str>, opts: QueueOptions, explicit_dlq: bool },
-    DeleteQueue { reply: ReplyTo, name: Arc<str> },
-    Publish { reply: ReplyTo, queue: Arc<str>, batch: Arc<[u8]>, count: u32 },
-    DeadLetter { queue: Arc<str>, msgs: Vec<QMsg> },
-    Consume { reply: ReplyTo, queue: Arc<str>, key: SubKey, credit: u32 },
-    Cancel { reply: ReplyTo, queue: Arc<str>, key: SubKey },
-    Settle { queue: Arc<str>, key: SubKey, op: Settle, multiple: bool, tags: Vec<u64> },
+    DeclareQueue {
+        reply: ReplyTo,
+        name: Arc<str>,
+        opts: QueueOptions,
+        explicit_dlq: bool,
+    },
+    DeleteQueue {
+        reply: ReplyTo,
+        name: Arc<str>,
+    },
+    Publish {
+        reply: ReplyTo,
+        confirm: bool,
+        queue: Arc<str>,
+        batch: Arc<[u8]>,
+        count: u32,
+    },
+    DeadLetter {
+        queue: Arc<str>,
+        msgs: Vec<QMsg>,
+    },
+    Consume {
+        reply: ReplyTo,
+        queue: Arc<str>,
+        key: SubKey,
+        credit: u32,
+    },
+    Cancel {
+        reply: ReplyTo,
+        queue: Arc<str>,
+        key: SubKey,
+    },
+    Settle {
+        queue: Arc<str>,
+        key: SubKey,
+        op: Settle,
+        multiple: bool,
+        tags: Vec<u64>,
+    },
     // To the connection's shard.
-    Deliver { key: SubKey, msgs: Vec<Delivered> },
-    TopicDeliver { key: SubKey, batch: Arc<[u8]>, spans: Arc<[(u32, u32)]> },
-    Reply { to: ReplyTo, kind: ReplyKind },
+    Deliver {
+        key: SubKey,
+        msgs: Vec<Delivered>,
+    },
+    TopicDeliver {
+        key: SubKey,
+        batch: Arc<[u8]>,
+        spans: Arc<[(u32, u32)]>,
+    },
+    Reply {
+        to: ReplyTo,
+        kind: ReplyKind,
+    },
     // To every shard.
-    SubAdd { pattern: Arc<str>, key: SubKey },
-    SubRemove { key: SubKey },
-    TopicDeclare { name: Arc<str> },
-    TopicDelete { name: Arc<str> },
-    ConnClosed { shard: u16, slot: u32, generation: u32 },
+    SubAdd {
+        pattern: Arc<str>,
+        key: SubKey,
+    },
+    SubRemove {
+        key: SubKey,
+    },
+    TopicDeclare {
+        name: Arc<str>,
+    },
+    TopicDelete {
+        name: Arc<str>,
+    },
+    ConnClosed {
+        shard: u16,
+        slot: u32,
+        generation: u32,
+    },
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rdmq_client::error_code as code;
 use rdmq_client::wire::deliver::{DeliverWriter, FLAG_REDELIVERED};
 use rdmq_client::wire::error::{encode_ok, ErrorFrame};
-use rdmq_client::wire::frame::FLAG_MULTIPLE;
+use rdmq_client::wire::frame::{FLAG_MULTIPLE, FLAG_NO_CONFIRM};
 use rdmq_client::wire::hello::Welcome;
 use rdmq_client::wire::publish::{DestKind, Publish};
 use rdmq_client::wire::record::BatchView;
@@ -30,7 +30,9 @@ impl Shard {
     /// Bytes arrived for the connection in `slot`: append them and handle every whole frame.
     pub fn on_bytes(&mut self, slot: u32, generation: u32, bid: u16, len: usize) {
         let data = self.ring.buffer(bid, len);
-        let Some(conn) = self.conns[slot as usize].as_mut().filter(|c| c.generation == generation)
+        let Some(conn) = self.conns[slot as usize]
+            .as_mut()
+            .filter(|c| c.generation == generation)
         else {
             return;
         };
@@ -69,7 +71,12 @@ impl Shard {
     }
 
     fn on_frame(&mut self, slot: u32, generation: u32, h: &FrameHeader, body: &[u8]) {
-        let reply = ReplyTo { shard: self.id, slot, generation, request_id: h.request_id };
+        let reply = ReplyTo {
+            shard: self.id,
+            slot,
+            generation,
+            request_id: h.request_id,
+        };
         let cmd = match wire::decode(h, body) {
             Ok(cmd) => cmd,
             Err(e) => {
@@ -79,25 +86,43 @@ impl Shard {
         };
         let handshaken = self.conns[slot as usize].as_ref().expect("live").handshaken;
         match (handshaken, cmd) {
-            (false, Command::Hello(hello)) => self.on_hello(slot, reply, hello.version_min, hello.version_max),
+            (false, Command::Hello(hello)) => {
+                self.on_hello(slot, reply, hello.version_min, hello.version_max)
+            }
             (false, other) => {
                 let msg = format!("expected HELLO as the first frame, got {}", name_of(&other));
                 fatal(self, slot, code::PROTOCOL_ERROR, &msg)
             }
-            (true, Command::Hello(_)) => fatal(self, slot, code::PROTOCOL_ERROR, "HELLO sent twice"),
+            (true, Command::Hello(_)) => {
+                fatal(self, slot, code::PROTOCOL_ERROR, "HELLO sent twice")
+            }
             (true, Command::Ping(p)) => {
                 let conn = self.conns[slot as usize].as_mut().expect("live");
                 p.encode(&mut conn.out, h.request_id, true);
                 self.dirty_conns.push(slot);
             }
             (true, Command::DeclareQueue(d)) => {
-                let Some(opts) = self.queue_options(reply, d.durability, d.max_deliveries, d.max_length, d.name, d.dead_letter)
-                else {
+                let Some(opts) = self.queue_options(
+                    reply,
+                    d.durability,
+                    d.max_deliveries,
+                    d.max_length,
+                    d.name,
+                    d.dead_letter,
+                ) else {
                     return;
                 };
                 let name: Arc<str> = d.name.into();
                 let explicit_dlq = !d.dead_letter.is_empty();
-                self.route(self.queue_owner(&name), Event::DeclareQueue { reply, name, opts, explicit_dlq });
+                self.route(
+                    self.queue_owner(&name),
+                    Event::DeclareQueue {
+                        reply,
+                        name,
+                        opts,
+                        explicit_dlq,
+                    },
+                );
             }
             (true, Command::DeleteQueue(n)) => {
                 let name: Arc<str> = n.name.into();
@@ -116,13 +141,21 @@ impl Shard {
                 self.broadcast(|| Event::TopicDelete { name: name.clone() });
                 self.reply(reply, ReplyKind::Ok);
             }
-            (true, Command::Publish(p)) => self.on_publish(reply, body, p),
-            (true, Command::Subscribe(s)) => self.on_subscribe(slot, generation, reply, s.id, s.pattern),
-            (true, Command::Consume(c)) => self.on_consume(slot, generation, reply, c.id, c.credit, c.queue),
+            (true, Command::Publish(p)) => {
+                self.on_publish(reply, h.flags & FLAG_NO_CONFIRM == 0, body, p)
+            }
+            (true, Command::Subscribe(s)) => {
+                self.on_subscribe(slot, generation, reply, s.id, s.pattern)
+            }
+            (true, Command::Consume(c)) => {
+                self.on_consume(slot, generation, reply, c.id, c.credit, c.queue)
+            }
             (true, Command::Unsubscribe(u)) => self.on_unsubscribe(slot, generation, reply, u.id),
             (true, Command::Ack(a)) => self.on_settle(slot, generation, Settle::Ack, h.flags, &a),
             (true, Command::Nack(a)) => self.on_settle(slot, generation, Settle::Nack, h.flags, &a),
-            (true, Command::Reject(a)) => self.on_settle(slot, generation, Settle::Reject, h.flags, &a),
+            (true, Command::Reject(a)) => {
+                self.on_settle(slot, generation, Settle::Reject, h.flags, &a)
+            }
             (true, other) => {
                 let msg = format!("{} is sent by servers, not clients", name_of(&other));
                 fatal(self, slot, code::PROTOCOL_ERROR, &msg)
@@ -132,7 +165,9 @@ impl Shard {
 
     fn on_hello(&mut self, slot: u32, reply: ReplyTo, min: u16, max: u16) {
         if !(min..=max).contains(&PROTOCOL_VERSION) {
-            let msg = format!("client speaks versions {min}..={max}; this server speaks {PROTOCOL_VERSION}");
+            let msg = format!(
+                "client speaks versions {min}..={max}; this server speaks {PROTOCOL_VERSION}"
+            );
             return fatal(self, slot, code::UNSUPPORTED_VERSION, &msg);
         }
         let (id, shards, frame_max) = (self.id, self.shards as u16, self.cfg.frame_body_max as u32);
@@ -159,27 +194,54 @@ impl Shard {
         name: &str,
         dead_letter: &str,
     ) -> Option<QueueOptions> {
-        let dead_letter = if dead_letter.is_empty() { format!("{name}.dlq") } else { dead_letter.to_string() };
+        let dead_letter = if dead_letter.is_empty() {
+            format!("{name}.dlq")
+        } else {
+            dead_letter.to_string()
+        };
         if dead_letter == name {
-            self.reply(reply, err(code::INVALID_ARGUMENT, "a queue cannot be its own dead-letter queue".into()));
+            self.reply(
+                reply,
+                err(
+                    code::INVALID_ARGUMENT,
+                    "a queue cannot be its own dead-letter queue".into(),
+                ),
+            );
             return None;
         }
         Some(QueueOptions {
             durability,
-            max_deliveries: if max_deliveries == 0 { self.cfg.queue_max_deliveries } else { max_deliveries },
-            max_length: if max_length == 0 { self.cfg.queue_max_length } else { max_length },
+            max_deliveries: if max_deliveries == 0 {
+                self.cfg.queue_max_deliveries
+            } else {
+                max_deliveries
+            },
+            max_length: if max_length == 0 {
+                self.cfg.queue_max_length
+            } else {
+                max_length
+            },
             dead_letter: Some(dead_letter),
         })
     }
 
-    fn on_publish(&mut self, reply: ReplyTo, body: &[u8], p: Publish<'_>) {
+    fn on_publish(&mut self, reply: ReplyTo, confirm: bool, body: &[u8], p: Publish<'_>) {
         metrics::add(&self.metrics.published, p.batch.count as u64);
         match p.kind {
             DestKind::Queue => {
                 let batch: Arc<[u8]> = Arc::from(&body[p.batch_offset..]);
                 let queue: Arc<str> = p.name.into();
                 let owner = self.queue_owner(&queue);
-                self.route(owner, Event::Publish { reply, queue, batch, count: p.batch.count });
+                self.route(
+                    owner,
+                    Event::Publish {
+                        reply,
+                        confirm,
+                        queue,
+                        batch,
+                        count: p.batch.count,
+                    },
+                );
             }
             DestKind::Topic => {
                 if let Err(e) = pattern::validate_topic(p.name) {
@@ -190,19 +252,35 @@ impl Shard {
                     return self.reply(reply, err(code::NOT_FOUND, msg));
                 }
                 let mut targets: Vec<SubKey> = Vec::new();
-                self.subscriptions.for_each_match(p.name, |k| targets.push(k));
+                self.subscriptions
+                    .for_each_match(p.name, |k| targets.push(k));
                 if !targets.is_empty() {
                     let batch: Arc<[u8]> = Arc::from(&body[p.batch_offset..]);
-                    let spans: Arc<[(u32, u32)]> =
-                        p.batch.records().map(|(at, r)| (at as u32, r.bytes.len() as u32)).collect();
+                    let spans: Arc<[(u32, u32)]> = p
+                        .batch
+                        .records()
+                        .map(|(at, r)| (at as u32, r.bytes.len() as u32))
+                        .collect();
                     for key in targets {
-                        let ev = Event::TopicDeliver { key, batch: batch.clone(), spans: spans.clone() };
+                        let ev = Event::TopicDeliver {
+                            key,
+                            batch: batch.clone(),
+                            spans: spans.clone(),
+                        };
                         self.route(key.shard as usize, ev);
                     }
                 }
                 let position = self.topic_seq;
                 self.topic_seq += p.batch.count as u64;
-                self.reply(reply, ReplyKind::Confirm { position, count: p.batch.count });
+                if confirm {
+                    self.reply(
+                        reply,
+                        ReplyKind::Confirm {
+                            position,
+                            count: p.batch.count,
+                        },
+                    );
+                }
             }
         }
     }
@@ -213,46 +291,112 @@ impl Shard {
         }
         let conn = self.conns[slot as usize].as_mut().expect("live");
         if conn.id_in_use(id) {
-            return self.reply(reply, err(code::INVALID_ARGUMENT, format!("id {id} already in use")));
+            return self.reply(
+                reply,
+                err(code::INVALID_ARGUMENT, format!("id {id} already in use")),
+            );
         }
         let pattern: Arc<str> = pat.into();
         conn.subs.insert(id, SubState::default());
-        let key = SubKey { shard: self.id, slot, generation, id };
-        self.broadcast(|| Event::SubAdd { pattern: pattern.clone(), key });
+        let key = SubKey {
+            shard: self.id,
+            slot,
+            generation,
+            id,
+        };
+        self.broadcast(|| Event::SubAdd {
+            pattern: pattern.clone(),
+            key,
+        });
         self.reply(reply, ReplyKind::Ok);
     }
 
-    fn on_consume(&mut self, slot: u32, generation: u32, reply: ReplyTo, id: u32, credit: u32, queue: &str) {
+    fn on_consume(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        reply: ReplyTo,
+        id: u32,
+        credit: u32,
+        queue: &str,
+    ) {
         let conn = self.conns[slot as usize].as_mut().expect("live");
         if conn.id_in_use(id) {
-            return self.reply(reply, err(code::INVALID_ARGUMENT, format!("id {id} already in use")));
+            return self.reply(
+                reply,
+                err(code::INVALID_ARGUMENT, format!("id {id} already in use")),
+            );
         }
         let queue: Arc<str> = queue.into();
         conn.consumers.insert(id, queue.clone());
         conn.pending_consume.insert(reply.request_id, id);
-        let key = SubKey { shard: self.id, slot, generation, id };
-        self.route(self.queue_owner(&queue), Event::Consume { reply, queue, key, credit });
+        let key = SubKey {
+            shard: self.id,
+            slot,
+            generation,
+            id,
+        };
+        self.route(
+            self.queue_owner(&queue),
+            Event::Consume {
+                reply,
+                queue,
+                key,
+                credit,
+            },
+        );
     }
 
     fn on_unsubscribe(&mut self, slot: u32, generation: u32, reply: ReplyTo, id: u32) {
         let conn = self.conns[slot as usize].as_mut().expect("live");
-        let key = SubKey { shard: self.id, slot, generation, id };
+        let key = SubKey {
+            shard: self.id,
+            slot,
+            generation,
+            id,
+        };
         if let Some(queue) = conn.consumers.remove(&id) {
-            self.route(self.queue_owner(&queue), Event::Cancel { reply, queue, key });
+            self.route(
+                self.queue_owner(&queue),
+                Event::Cancel { reply, queue, key },
+            );
         } else if conn.subs.remove(&id).is_some() {
             self.broadcast(|| Event::SubRemove { key });
             self.reply(reply, ReplyKind::Ok);
         } else {
-            self.reply(reply, err(code::NOT_FOUND, format!("no subscription or consumer {id}")));
+            self.reply(
+                reply,
+                err(code::NOT_FOUND, format!("no subscription or consumer {id}")),
+            );
         }
     }
 
-    fn on_settle(&mut self, slot: u32, generation: u32, op: Settle, flags: u8, acks: &wire::ack::Acks<'_>) {
+    fn on_settle(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        op: Settle,
+        flags: u8,
+        acks: &wire::ack::Acks<'_>,
+    ) {
         let conn = self.conns[slot as usize].as_mut().expect("live");
         // Unknown consumers are ignored: the consumer may have been cancelled with acks in flight.
-        let Some(queue) = conn.consumers.get(&acks.consumer).cloned() else { return };
-        let key = SubKey { shard: self.id, slot, generation, id: acks.consumer };
-        let ev = Event::Settle { queue, key, op, multiple: flags & FLAG_MULTIPLE != 0, tags: acks.tags().collect() };
+        let Some(queue) = conn.consumers.get(&acks.consumer).cloned() else {
+            return;
+        };
+        let key = SubKey {
+            shard: self.id,
+            slot,
+            generation,
+            id: acks.consumer,
+        };
+        let ev = Event::Settle {
+            queue,
+            key,
+            op,
+            multiple: flags & FLAG_MULTIPLE != 0,
+            tags: acks.tags().collect(),
+        };
         self.route(self.queue_owner_of_key(&ev), ev);
     }
 
@@ -276,7 +420,8 @@ impl Shard {
                 dead_letter: (!dead_letter_target).then(|| format!("{name}.dlq")),
             };
             let store = store::open(opts.durability).expect("memory store always opens");
-            self.queues.insert(name.clone(), Queue::new(name.clone(), opts, store));
+            self.queues
+                .insert(name.clone(), Queue::new(name.clone(), opts, store));
         }
         self.queues.get_mut(name)
     }
@@ -286,13 +431,17 @@ impl Shard {
             return;
         }
         metrics::add(&self.metrics.dead_lettered, msgs.len() as u64);
-        let dlq: Arc<str> = dlq.expect("queues without a dead-letter queue drop instead").into();
+        let dlq: Arc<str> = dlq
+            .expect("queues without a dead-letter queue drop instead")
+            .into();
         let owner = self.queue_owner(&dlq);
         self.route(owner, Event::DeadLetter { queue: dlq, msgs });
     }
 
     fn write_deliveries(&mut self, key: SubKey, msgs: Vec<Delivered>) {
-        let Some(conn) = self.conn(key.slot, key.generation) else { return };
+        let Some(conn) = self.conn(key.slot, key.generation) else {
+            return;
+        };
         if conn.closing || !conn.consumers.contains_key(&key.id) {
             // Dropped here; the queue requeues them when the cancel or close reaches it.
             return;
@@ -314,7 +463,9 @@ impl Shard {
     }
 
     fn write_reply(&mut self, to: ReplyTo, kind: ReplyKind) {
-        let Some(conn) = self.conn(to.slot, to.generation) else { return };
+        let Some(conn) = self.conn(to.slot, to.generation) else {
+            return;
+        };
         if let Some(id) = conn.pending_consume.remove(&to.request_id) {
             if matches!(kind, ReplyKind::Error { .. }) {
                 conn.consumers.remove(&id);
@@ -325,9 +476,11 @@ impl Shard {
             ReplyKind::Confirm { position, count } => {
                 wire::confirm::Confirm { position, count }.encode(&mut conn.out, to.request_id)
             }
-            ReplyKind::Error { code, message } => {
-                ErrorFrame { code, message: &message }.encode(&mut conn.out, to.request_id)
+            ReplyKind::Error { code, message } => ErrorFrame {
+                code,
+                message: &message,
             }
+            .encode(&mut conn.out, to.request_id),
         }
         self.dirty_conns.push(to.slot);
     }
@@ -336,7 +489,12 @@ impl Shard {
 /// Applies one event to the shard that owns its subject.
 pub fn apply(s: &mut Shard, ev: Event) {
     match ev {
-        Event::DeclareQueue { reply, name, opts, explicit_dlq } => declare_queue(s, reply, name, opts, explicit_dlq),
+        Event::DeclareQueue {
+            reply,
+            name,
+            opts,
+            explicit_dlq,
+        } => declare_queue(s, reply, name, opts, explicit_dlq),
         Event::DeleteQueue { reply, name } => {
             let kind = match s.queues.get(&name) {
                 None => err(code::NOT_FOUND, format!("no queue {name:?}")),
@@ -351,7 +509,13 @@ pub fn apply(s: &mut Shard, ev: Event) {
             };
             s.reply(reply, kind);
         }
-        Event::Publish { reply, queue, batch, count } => {
+        Event::Publish {
+            reply,
+            confirm,
+            queue,
+            batch,
+            count,
+        } => {
             let now = s.now_ms;
             let Some(q) = s.queue_or_create(&queue, false) else {
                 let msg = format!("no queue {queue:?} (auto_create is off)");
@@ -362,19 +526,30 @@ pub fn apply(s: &mut Shard, ev: Event) {
                 .map(|(at, r)| (at as u32, r.bytes.len() as u32, r.header.ttl_ms));
             let kind = match q.publish(&batch, recs, count, now) {
                 Ok((position, count)) => ReplyKind::Confirm { position, count },
-                Err(e @ crate::broker::queue::QueueError::Full { .. }) => err(code::RESOURCE_LIMIT, format!("{queue}: {e}")),
+                Err(e @ crate::broker::queue::QueueError::Full { .. }) => {
+                    err(code::RESOURCE_LIMIT, format!("{queue}: {e}"))
+                }
                 Err(e) => err(code::INTERNAL, format!("{queue}: {e}")),
             };
             s.mark_queue_dirty(&queue);
-            s.reply(reply, kind);
+            if confirm || !matches!(kind, ReplyKind::Confirm { .. }) {
+                s.reply(reply, kind);
+            }
         }
         Event::DeadLetter { queue, msgs } => {
             let now = s.now_ms;
-            let q = s.queue_or_create(&queue, true).expect("dead-letter queues are always created");
+            let q = s
+                .queue_or_create(&queue, true)
+                .expect("dead-letter queues are always created");
             q.append_dead_letters(msgs, now);
             s.mark_queue_dirty(&queue);
         }
-        Event::Consume { reply, queue, key, credit } => {
+        Event::Consume {
+            reply,
+            queue,
+            key,
+            credit,
+        } => {
             let Some(q) = s.queue_or_create(&queue, false) else {
                 let msg = format!("no queue {queue:?} (auto_create is off)");
                 return s.reply(reply, err(code::NOT_FOUND, msg));
@@ -397,9 +572,17 @@ pub fn apply(s: &mut Shard, ev: Event) {
             s.mark_queue_dirty(&queue);
             s.reply(reply, ReplyKind::Ok);
         }
-        Event::Settle { queue, key, op, multiple, tags } => {
+        Event::Settle {
+            queue,
+            key,
+            op,
+            multiple,
+            tags,
+        } => {
             let mut dead = Vec::new();
-            let Some(q) = s.queues.get_mut(&queue) else { return };
+            let Some(q) = s.queues.get_mut(&queue) else {
+                return;
+            };
             q.settle(key, op, multiple, tags.into_iter(), &mut dead);
             let dlq = q.opts.dead_letter.clone();
             s.route_dead_letters(dlq, dead);
@@ -416,7 +599,11 @@ pub fn apply(s: &mut Shard, ev: Event) {
         Event::TopicDelete { name } => {
             s.topics.remove(&name);
         }
-        Event::ConnClosed { shard, slot, generation } => {
+        Event::ConnClosed {
+            shard,
+            slot,
+            generation,
+        } => {
             s.subscriptions.remove_connection(shard, slot, generation);
             let mut all_dead = Vec::new();
             let mut touched = Vec::new();
@@ -441,7 +628,13 @@ pub fn apply(s: &mut Shard, ev: Event) {
     }
 }
 
-fn declare_queue(s: &mut Shard, reply: ReplyTo, name: Arc<str>, opts: QueueOptions, explicit_dlq: bool) {
+fn declare_queue(
+    s: &mut Shard,
+    reply: ReplyTo,
+    name: Arc<str>,
+    opts: QueueOptions,
+    explicit_dlq: bool,
+) {
     if let Some(q) = s.queues.get(&name) {
         // An auto-created queue has default options; a declaration only conflicts on the fields
         // it set explicitly, as RabbitMQ compares declared arguments.
@@ -474,7 +667,9 @@ fn err(code: u16, message: String) -> ReplyKind {
 
 /// Writes a connection-level ERROR and closes the connection once it is sent.
 pub fn fatal(s: &mut Shard, slot: u32, code: u16, message: &str) {
-    let Some(conn) = s.conns[slot as usize].as_mut() else { return };
+    let Some(conn) = s.conns[slot as usize].as_mut() else {
+        return;
+    };
     if conn.closing {
         return;
     }

@@ -10,7 +10,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "rdmq", version, about = "rdmq: a thread-per-core message queue server")]
+#[command(
+    name = "rdmq",
+    version,
+    about = "rdmq: a thread-per-core message queue server"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -28,6 +32,9 @@ enum Cmd {
     Subscribe(cli::tools::SubscribeArgs),
     /// Run a benchmark workload beside its raw baseline (no broker) on the same transport.
     Bench(cli::bench::BenchArgs),
+    /// The other process of a benchmark (started by `rdmq bench`).
+    #[command(hide = true)]
+    BenchPeer(cli::peer::PeerArgs),
 }
 
 #[derive(Args)]
@@ -61,6 +68,7 @@ fn main() -> ExitCode {
         Cmd::Consume(a) => cli::tools::consume(a),
         Cmd::Subscribe(a) => cli::tools::subscribe(a),
         Cmd::Bench(a) => cli::bench::run(a),
+        Cmd::BenchPeer(a) => cli::peer::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -106,7 +114,11 @@ fn serve(a: ServeArgs) -> Result<(), String> {
     let _ = std::io::stdout().flush();
     let metrics = server.metrics.clone();
     let result = server.join();
-    let summary: Vec<String> = metrics.snapshot().iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let summary: Vec<String> = metrics
+        .snapshot()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     eprintln!("rdmq: stopped; {}", summary.join(" "));
     result
 }

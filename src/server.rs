@@ -34,17 +34,24 @@ impl Server {
         let addr = sys::local_addr(first.as_raw_fd()).map_err(|e| e.to_string())?;
         let mut listeners = vec![first];
         for _ in 1..n {
-            listeners.push(sys::reuseport_listener(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?);
+            listeners.push(
+                sys::reuseport_listener(addr)
+                    .map_err(|e| format!("cannot listen on {addr}: {e}"))?,
+            );
         }
         let ctls: Vec<ShardCtl> = (0..n)
             .map(|_| {
                 let eventfd = sys::eventfd().map_err(|e| format!("eventfd: {e}"))?;
-                Ok(ShardCtl { sleeping: AtomicBool::new(false), eventfd })
+                Ok(ShardCtl {
+                    sleeping: AtomicBool::new(false),
+                    eventfd,
+                })
             })
             .collect::<Result<_, String>>()?;
         let ctls = Arc::new(ctls);
         // senders[from][to], receivers[to][from]
-        let mut senders: Vec<Vec<Option<Sender<Vec<Event>>>>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+        let mut senders: Vec<Vec<Option<Sender<Vec<Event>>>>> =
+            (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
         let mut receivers: Vec<Vec<Receiver<Vec<Event>>>> = (0..n).map(|_| Vec::new()).collect();
         for from in 0..n {
             for (to, inbox) in receivers.iter_mut().enumerate() {
@@ -83,7 +90,11 @@ impl Server {
                 .map_err(|e| format!("cannot spawn shard thread: {e}"))?;
             threads.push(t);
         }
-        Ok(Server { addr, metrics, threads })
+        Ok(Server {
+            addr,
+            metrics,
+            threads,
+        })
     }
 
     /// Waits for every shard to stop (after SIGINT/SIGTERM). Returns the first shard error.

@@ -27,8 +27,8 @@ use crate::conn::Conn;
 use crate::event::{Event, ReplyKind, ReplyTo};
 use crate::mailbox::{Receiver, Sender};
 use crate::metrics::{self, Metrics};
-use crate::uring::{Completion, Uring};
 use crate::sys;
+use crate::uring::{Completion, Uring};
 
 /// Completions handled per pass, so mailboxes and sends get their turn under load.
 const COMPLETIONS_PER_PASS: usize = 1024;
@@ -140,7 +140,8 @@ impl Shard {
 
     /// Runs until termination is requested. Returns the first fatal ring error.
     pub fn run(mut self) -> std::io::Result<()> {
-        self.ring.accept_multi(self.listener.as_raw_fd(), user_data(op::ACCEPT, 0, 0));
+        self.ring
+            .accept_multi(self.listener.as_raw_fd(), user_data(op::ACCEPT, 0, 0));
         self.arm_wake();
         self.ring.submit()?;
         let spin = Duration::from_micros(self.cfg.idle_spin_us);
@@ -211,7 +212,9 @@ impl Shard {
         let mut work = 0;
         for peer in 0..self.inbox.len() {
             for _ in 0..MAILBOX_SLOTS_PER_PASS {
-                let Some(batch) = self.inbox[peer].pop() else { break };
+                let Some(batch) = self.inbox[peer].pop() else {
+                    break;
+                };
                 work += batch.len();
                 for ev in batch {
                     self.apply(ev);
@@ -297,7 +300,13 @@ impl Shard {
             }
         }
         for d in out {
-            self.route(d.consumer.shard as usize, Event::Deliver { key: d.consumer, msgs: d.msgs });
+            self.route(
+                d.consumer.shard as usize,
+                Event::Deliver {
+                    key: d.consumer,
+                    msgs: d.msgs,
+                },
+            );
         }
         dirty.clear();
         self.dirty_queues = dirty;
@@ -317,10 +326,15 @@ impl Shard {
 
     fn on_accept(&mut self, c: Completion) {
         if !c.more() {
-            self.ring.accept_multi(self.listener.as_raw_fd(), user_data(op::ACCEPT, 0, 0));
+            self.ring
+                .accept_multi(self.listener.as_raw_fd(), user_data(op::ACCEPT, 0, 0));
         }
         if c.result < 0 {
-            eprintln!("rdmq: shard {}: accept failed: {}", self.id, errno(c.result));
+            eprintln!(
+                "rdmq: shard {}: accept failed: {}",
+                self.id,
+                errno(c.result)
+            );
             return;
         }
         let fd = c.result as RawFd;
@@ -333,7 +347,8 @@ impl Shard {
         let generation = self.generations[slot as usize].wrapping_add(1) & 0xFF_FFFF;
         self.generations[slot as usize] = generation;
         self.conns[slot as usize] = Some(Conn::new(fd, generation));
-        self.ring.recv_multi(fd, user_data(op::RECV, generation, slot));
+        self.ring
+            .recv_multi(fd, user_data(op::RECV, generation, slot));
         metrics::add(&self.metrics.connections_accepted, 1);
     }
 
@@ -373,13 +388,16 @@ impl Shard {
         if !conn.recv_armed && !conn.closing {
             conn.recv_armed = true;
             let fd = conn.fd;
-            self.ring.recv_multi(fd, user_data(op::RECV, generation, slot));
+            self.ring
+                .recv_multi(fd, user_data(op::RECV, generation, slot));
         }
         self.maybe_release(slot);
     }
 
     fn on_send(&mut self, slot: u32, generation: u32, c: Completion) {
-        let Some(conn) = self.conn(slot, generation) else { return };
+        let Some(conn) = self.conn(slot, generation) else {
+            return;
+        };
         conn.send_inflight = false;
         if c.result < 0 {
             conn.sending.clear();
@@ -405,7 +423,9 @@ impl Shard {
         dirty.dedup();
         for &slot in &dirty {
             self.pump_subscriptions(slot);
-            let Some(conn) = self.conns[slot as usize].as_mut() else { continue };
+            let Some(conn) = self.conns[slot as usize].as_mut() else {
+                continue;
+            };
             if conn.send_inflight {
                 continue;
             }
@@ -424,7 +444,10 @@ impl Shard {
             let buf = &conn.sending[conn.send_offset..];
             // SAFETY: `sending` is leased to this send: it is neither touched nor dropped until
             // its completion clears `send_inflight` (`maybe_release` waits for that).
-            unsafe { self.ring.send(fd, buf, user_data(op::SEND, generation, slot)) };
+            unsafe {
+                self.ring
+                    .send(fd, buf, user_data(op::SEND, generation, slot))
+            };
         }
         dirty.clear();
         self.dirty_conns = dirty;
@@ -440,7 +463,9 @@ impl Shard {
     /// As [`Shard::close_conn`]; with `flush`, queued output (an error frame) is written first.
     pub fn close_conn_with(&mut self, slot: u32, why: &str, flush: bool) {
         let id = self.id;
-        let Some(conn) = self.conns[slot as usize].as_mut() else { return };
+        let Some(conn) = self.conns[slot as usize].as_mut() else {
+            return;
+        };
         if conn.closing {
             return;
         }
@@ -453,16 +478,23 @@ impl Shard {
         let generation = conn.generation;
         if conn.recv_armed {
             let target = user_data(op::RECV, generation, slot);
-            self.ring.cancel(target, user_data(op::CANCEL, generation, slot));
+            self.ring
+                .cancel(target, user_data(op::CANCEL, generation, slot));
         }
-        self.broadcast(|| Event::ConnClosed { shard: id, slot, generation });
+        self.broadcast(|| Event::ConnClosed {
+            shard: id,
+            slot,
+            generation,
+        });
         self.dirty_conns.push(slot);
         metrics::add(&self.metrics.connections_closed, 1);
     }
 
     /// Frees the slot of a closing connection once no operation references its memory.
     fn maybe_release(&mut self, slot: u32) {
-        let Some(conn) = self.conns[slot as usize].as_ref() else { return };
+        let Some(conn) = self.conns[slot as usize].as_ref() else {
+            return;
+        };
         // An error frame is written before the close; a vanished peer's output is dropped.
         let flushed = !conn.flush_on_close || (conn.out.is_empty() && conn.sending.is_empty());
         if !conn.closing || conn.recv_armed || conn.send_inflight || !flushed {
@@ -482,7 +514,9 @@ impl Shard {
     /// high-water mark, so a slow reader's backlog stays in its bounded subscription buffer.
     fn pump_subscriptions(&mut self, slot: u32) {
         let high_water = self.cfg.conn_output_high_water;
-        let Some(conn) = self.conns[slot as usize].as_mut() else { return };
+        let Some(conn) = self.conns[slot as usize].as_mut() else {
+            return;
+        };
         let delivered = conn.pump(high_water);
         metrics::add(&self.metrics.delivered, delivered as u64);
     }
@@ -491,10 +525,18 @@ impl Shard {
     pub fn buffer_topic(&mut self, key: SubKey, batch: &Arc<[u8]>, spans: &[(u32, u32)]) {
         let max = self.cfg.subscriber_buffer_max;
         let policy = self.cfg.slow_subscriber_policy;
-        let Some(conn) = self.conn(key.slot, key.generation) else { return };
-        let Some(sub) = conn.subs.get_mut(&key.id) else { return };
+        let Some(conn) = self.conn(key.slot, key.generation) else {
+            return;
+        };
+        let Some(sub) = conn.subs.get_mut(&key.id) else {
+            return;
+        };
         for &(offset, len) in spans {
-            sub.pending.push_back(MsgRef { batch: batch.clone(), offset, len });
+            sub.pending.push_back(MsgRef {
+                batch: batch.clone(),
+                offset,
+                len,
+            });
         }
         let excess = sub.pending.len().saturating_sub(max);
         if excess > 0 {
@@ -510,7 +552,12 @@ impl Shard {
                         "subscription {} fell {} messages behind; disconnecting (slow subscriber)",
                         key.id, max
                     );
-                    crate::handlers::fatal(self, key.slot, rdmq_client::error_code::SLOW_CONSUMER, &msg);
+                    crate::handlers::fatal(
+                        self,
+                        key.slot,
+                        rdmq_client::error_code::SLOW_CONSUMER,
+                        &msg,
+                    );
                     return;
                 }
             }

@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::wire::deliver::FLAG_REDELIVERED;
-use crate::wire::frame::{FLAG_MULTIPLE, FRAME_BODY_MAX};
+use crate::wire::frame::{FLAG_MULTIPLE, FLAG_NO_CONFIRM, FRAME_BODY_MAX};
 use crate::wire::publish::{DestKind, PublishWriter};
 use crate::wire::record::{RecordMeta, RecordView};
 use crate::wire::{self, Command, Opcode, PROTOCOL_VERSION};
@@ -70,7 +70,10 @@ pub struct Message {
 
 impl Message {
     pub fn new(payload: impl Into<Vec<u8>>) -> Message {
-        Message { payload: payload.into(), ..Default::default() }
+        Message {
+            payload: payload.into(),
+            ..Default::default()
+        }
     }
     pub fn id(mut self, id: u64) -> Self {
         self.id = id;
@@ -135,6 +138,7 @@ enum Reply {
 }
 
 struct OpenBatch {
+    confirm: bool,
     kind: DestKind,
     name: String,
     request_id: u64,
@@ -144,8 +148,11 @@ struct OpenBatch {
 struct Inner {
     sock: TcpStream,
     opts: ConnectionOptions,
+    /// Read buffer: bytes `[rpos, rend)` are received and not yet dispatched. Its length is its
+    /// capacity, zeroed once, so a read never pays for initialising memory.
     rbuf: Vec<u8>,
     rpos: usize,
+    rend: usize,
     wbuf: Vec<u8>,
     next_request: u64,
     next_sub_id: u32,
@@ -159,6 +166,10 @@ struct Inner {
     pending_acks: HashMap<u32, Vec<u64>>,
     closed: Option<String>,
     welcome_shard: (u16, u16),
+    /// The socket's current read timeout, to skip redundant setsockopt calls.
+    read_timeout: Option<Duration>,
+    /// The request a blocking call is waiting for (requests are issued one at a time).
+    awaiting: u64,
 }
 
 /// A connection to an rdmq server. Clones share the socket.
@@ -179,10 +190,14 @@ impl Connection {
         let addr = match Endpoint::parse(url)? {
             Endpoint::Tcp(addr) => addr,
             Endpoint::Rdma(_) => {
-                return Err(Error::Url("the rdma:// transport is not built yet (issue #4)".into()))
+                return Err(Error::Url(
+                    "the rdma:// transport is not built yet (issue #4)".into(),
+                ))
             }
             Endpoint::Shm(_) => {
-                return Err(Error::Url("the shm:// transport is not built yet (issue #4)".into()))
+                return Err(Error::Url(
+                    "the shm:// transport is not built yet (issue #4)".into(),
+                ))
             }
         };
         let sock = TcpStream::connect(&addr)?;
@@ -191,8 +206,9 @@ impl Connection {
         let mut inner = Inner {
             sock,
             opts,
-            rbuf: Vec::with_capacity(READ_CHUNK),
+            rbuf: vec![0; READ_CHUNK],
             rpos: 0,
+            rend: 0,
             wbuf: Vec::with_capacity(READ_CHUNK),
             next_request: 1,
             next_sub_id: 1,
@@ -204,6 +220,8 @@ impl Connection {
             pending_acks: HashMap::new(),
             closed: None,
             welcome_shard: (0, 0),
+            awaiting: 0,
+            read_timeout: None,
         };
         let req = inner.request_id();
         let name = inner.opts.client_name.clone();
@@ -214,7 +232,9 @@ impl Connection {
         }
         .encode(&mut inner.wbuf, req);
         inner.wait_reply(req)?;
-        Ok(Connection { inner: Rc::new(RefCell::new(inner)) })
+        Ok(Connection {
+            inner: Rc::new(RefCell::new(inner)),
+        })
     }
 
     /// (shard that accepted this connection, shard count), from the handshake.
@@ -236,9 +256,7 @@ impl Connection {
     }
 
     pub fn delete_queue(&self, name: &str) -> Result<(), Error> {
-        self.request(|out, req| {
-            wire::declare::Named { name }.encode(out, Opcode::DeleteQueue, req)
-        })
+        self.request(|out, req| wire::declare::Named { name }.encode(out, Opcode::DeleteQueue, req))
     }
 
     pub fn declare_topic(&self, name: &str) -> Result<(), Error> {
@@ -248,9 +266,7 @@ impl Connection {
     }
 
     pub fn delete_topic(&self, name: &str) -> Result<(), Error> {
-        self.request(|out, req| {
-            wire::declare::Named { name }.encode(out, Opcode::DeleteTopic, req)
-        })
+        self.request(|out, req| wire::declare::Named { name }.encode(out, Opcode::DeleteTopic, req))
     }
 
     /// One PING/PONG round trip; returns its duration.
@@ -264,11 +280,21 @@ impl Connection {
     }
 
     pub fn queue_producer(&self, queue: &str) -> Producer {
-        Producer { inner: self.inner.clone(), kind: DestKind::Queue, name: queue.to_string() }
+        Producer {
+            inner: self.inner.clone(),
+            kind: DestKind::Queue,
+            name: queue.to_string(),
+            confirm: true,
+        }
     }
 
     pub fn topic_producer(&self, topic: &str) -> Producer {
-        Producer { inner: self.inner.clone(), kind: DestKind::Topic, name: topic.to_string() }
+        Producer {
+            inner: self.inner.clone(),
+            kind: DestKind::Topic,
+            name: topic.to_string(),
+            confirm: true,
+        }
     }
 
     /// Starts consuming `queue` with at most `credit` unacknowledged messages at a time.
@@ -276,14 +302,23 @@ impl Connection {
         let id = self.inner.borrow_mut().sub_id();
         self.request(|out, req| wire::subscribe::Consume { id, credit, queue }.encode(out, req))?;
         let ack_batch = (credit as usize / 4).max(1);
-        Ok(Consumer { inner: self.inner.clone(), id, ack_batch, open: true })
+        Ok(Consumer {
+            inner: self.inner.clone(),
+            id,
+            ack_batch,
+            open: true,
+        })
     }
 
     /// Subscribes to topics matching `pattern` (`*` one word, `#` zero or more).
     pub fn subscribe(&self, pattern: &str) -> Result<Subscription, Error> {
         let id = self.inner.borrow_mut().sub_id();
         self.request(|out, req| wire::subscribe::Subscribe { id, pattern }.encode(out, req))?;
-        Ok(Subscription { inner: self.inner.clone(), id, open: true })
+        Ok(Subscription {
+            inner: self.inner.clone(),
+            id,
+            open: true,
+        })
     }
 
     fn request(&self, encode: impl FnOnce(&mut Vec<u8>, u64)) -> Result<(), Error> {
@@ -318,7 +353,9 @@ impl Inner {
         if let Some(open) = self.open.take() {
             let count = open.writer.count();
             open.writer.finish(&mut self.wbuf);
-            self.unconfirmed.insert(open.request_id, count);
+            if open.confirm {
+                self.unconfirmed.insert(open.request_id, count);
+            }
         }
     }
 
@@ -353,15 +390,17 @@ impl Inner {
     /// Returns whether any bytes arrived.
     fn read_some(&mut self, deadline: Option<Instant>) -> Result<bool, Error> {
         self.check_open()?;
-        if self.rpos > 0 && self.rpos == self.rbuf.len() {
-            self.rbuf.clear();
-            self.rpos = 0;
-        } else if self.rpos > READ_CHUNK {
-            self.rbuf.drain(..self.rpos);
-            self.rpos = 0;
+        if self.rpos == self.rend {
+            (self.rpos, self.rend) = (0, 0);
+        } else if self.rend == self.rbuf.len() {
+            // Make room: move the partial frame to the front, and grow if it fills the buffer.
+            self.rbuf.copy_within(self.rpos..self.rend, 0);
+            (self.rpos, self.rend) = (0, self.rend - self.rpos);
+            if self.rend == self.rbuf.len() {
+                self.rbuf.resize(self.rbuf.len() * 2, 0);
+            }
         }
-        let len = self.rbuf.len();
-        self.rbuf.resize(len + READ_CHUNK, 0);
+        let len = self.rend;
         let got = loop {
             if !self.opts.busy_poll {
                 let wait = match deadline {
@@ -371,17 +410,25 @@ impl Inner {
                         Duration::from_micros(1),
                     )),
                 };
-                self.sock.set_read_timeout(wait)?;
+                // One setsockopt only when the timeout must shrink or has grown stale: waking
+                // early is harmless (the loop re-checks the deadline), sleeping late is not.
+                let stale = match (wait, self.read_timeout) {
+                    (None, None) => false,
+                    (Some(w), Some(cur)) => w < cur || w > cur * 2,
+                    _ => true,
+                };
+                if stale {
+                    self.sock.set_read_timeout(wait)?;
+                    self.read_timeout = wait;
+                }
             }
             match self.sock.read(&mut self.rbuf[len..]) {
                 Ok(0) => {
-                    self.rbuf.truncate(len);
                     return Err(self.fail("server closed the connection"));
                 }
                 Ok(n) => break n,
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
-                        self.rbuf.truncate(len);
                         return Ok(false);
                     }
                     if self.opts.busy_poll {
@@ -390,21 +437,22 @@ impl Inner {
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.rbuf.truncate(len);
                     self.closed = Some(e.to_string());
                     return Err(Error::Io(e));
                 }
             }
         };
-        self.rbuf.truncate(len + got);
+        self.rend = len + got;
         self.dispatch()?;
         Ok(true)
     }
 
     fn dispatch(&mut self) -> Result<(), Error> {
         loop {
-            let buf = &self.rbuf[self.rpos..];
-            let Some((h, body)) = wire::split_frame(buf, FRAME_BODY_MAX)? else { return Ok(()) };
+            let buf = &self.rbuf[self.rpos..self.rend];
+            let Some((h, body)) = wire::split_frame(buf, FRAME_BODY_MAX)? else {
+                return Ok(());
+            };
             let frame_len = wire::FRAME_HEADER_LEN + body.len();
             let cmd = wire::decode(&h, body)?;
             let deliver = match cmd {
@@ -430,10 +478,13 @@ impl Inner {
                     if e.is_fatal(h.request_id) {
                         self.closed = Some(format!("server error {code}: {msg}"));
                     }
-                    if self.unconfirmed.remove(&h.request_id).is_some() {
-                        self.publish_errors.push(Error::Server { code, message: msg });
-                    } else if h.request_id != 0 {
+                    if h.request_id == self.awaiting {
                         self.replies.insert(h.request_id, Reply::Error(code, msg));
+                    } else if h.request_id != 0 {
+                        // A publish, confirmed or not: report it at the next send or flush.
+                        self.unconfirmed.remove(&h.request_id);
+                        self.publish_errors
+                            .push(Error::Server { code, message: msg });
                     }
                     None
                 }
@@ -477,6 +528,13 @@ impl Inner {
     }
 
     fn wait_reply(&mut self, req: u64) -> Result<(), Error> {
+        self.awaiting = req;
+        let result = self.wait_reply_inner(req);
+        self.awaiting = 0;
+        result
+    }
+
+    fn wait_reply_inner(&mut self, req: u64) -> Result<(), Error> {
         self.write_all()?;
         let deadline = Instant::now() + self.opts.request_timeout;
         loop {
@@ -540,9 +598,17 @@ pub struct Producer {
     inner: Rc<RefCell<Inner>>,
     kind: DestKind,
     name: String,
+    confirm: bool,
 }
 
 impl Producer {
+    /// Turns confirms off (or back on) for later sends. Without confirms the server answers
+    /// only failures, and [`Producer::flush`] waits for nothing: for request/response, where
+    /// the response is the confirmation, and for fire-and-forget telemetry.
+    pub fn set_confirms(&mut self, on: bool) {
+        self.confirm = on;
+    }
+
     /// Buffers one message with just a payload. Does not wait for the server.
     pub fn send(&mut self, payload: &[u8]) -> Result<Receipt, Error> {
         self.send_with(&RecordMeta::default(), payload)
@@ -565,7 +631,9 @@ impl Producer {
         let mut inner = self.inner.borrow_mut();
         inner.check_open()?;
         inner.take_publish_error()?;
-        let same = inner.open.as_ref().is_some_and(|o| o.kind == self.kind && o.name == self.name);
+        let same = inner.open.as_ref().is_some_and(|o| {
+            o.kind == self.kind && o.name == self.name && o.confirm == self.confirm
+        });
         if !same {
             inner.close_batch();
             while inner.unconfirmed.len() >= inner.opts.max_unconfirmed {
@@ -573,9 +641,18 @@ impl Producer {
                 inner.read_some(None)?;
             }
             let req = inner.request_id();
-            let w = PublishWriter::begin(&mut inner.wbuf, self.kind, &self.name, req);
+            let flags = if self.confirm { 0 } else { FLAG_NO_CONFIRM };
+            let w =
+                PublishWriter::begin_with_flags(&mut inner.wbuf, self.kind, &self.name, req, flags);
             let name = self.name.clone();
-            inner.open = Some(OpenBatch { kind: self.kind, name, request_id: req, writer: w });
+            let confirm = self.confirm;
+            inner.open = Some(OpenBatch {
+                confirm,
+                kind: self.kind,
+                name,
+                request_id: req,
+                writer: w,
+            });
         }
         let mut meta = *meta;
         if meta.timestamp_us == 0 {
@@ -584,7 +661,9 @@ impl Producer {
         let Inner { open, wbuf, .. } = &mut *inner;
         let open = open.as_mut().expect("opened above");
         open.writer.push(wbuf, &meta, payload);
-        let receipt = Receipt { request_id: open.request_id };
+        let receipt = Receipt {
+            request_id: open.request_id,
+        };
         if open.writer.len(wbuf) >= inner.opts.batch_bytes {
             inner.close_batch();
             if inner.wbuf.len() >= inner.opts.batch_bytes {
@@ -617,7 +696,11 @@ impl Producer {
     /// Waits until the send behind `receipt` is confirmed.
     pub fn wait(&mut self, receipt: Receipt) -> Result<(), Error> {
         let mut inner = self.inner.borrow_mut();
-        if inner.open.as_ref().is_some_and(|o| o.request_id == receipt.request_id) {
+        if inner
+            .open
+            .as_ref()
+            .is_some_and(|o| o.request_id == receipt.request_id)
+        {
             inner.close_batch();
         }
         inner.write_all()?;
@@ -746,5 +829,8 @@ impl Drop for Subscription {
 }
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }

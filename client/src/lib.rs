@@ -27,8 +27,7 @@ mod error;
 mod url;
 
 pub use client::{
-    Receipt,
-    Connection, ConnectionOptions, Consumer, Delivery, Message, Producer, QueueOptions,
+    Connection, ConnectionOptions, Consumer, Delivery, Message, Producer, QueueOptions, Receipt,
     Subscription,
 };
 pub use error::Error;

@@ -28,7 +28,10 @@ impl Confirm {
     }
 
     pub fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(Confirm { position: r.u64()?, count: r.u32()? })
+        Ok(Confirm {
+            position: r.u64()?,
+            count: r.u32()?,
+        })
     }
 }
 
@@ -40,7 +43,10 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let c = Confirm { position: 1 << 40, count: 9 };
+        let c = Confirm {
+            position: 1 << 40,
+            count: 9,
+        };
         let mut out = Vec::new();
         c.encode(&mut out, 12);
         let (h, cmd) = decode_one(&out).unwrap();

@@ -39,6 +39,9 @@ const _: () = assert!(std::mem::offset_of!(FrameHeader, request_id) == 8);
 
 /// Flag on ACK/NACK/REJECT: the tag list has one entry and covers every earlier unacked tag too.
 pub const FLAG_MULTIPLE: u8 = 0x01;
+/// Flag on PUBLISH: the server sends no CONFIRM (errors are still reported), for publishers that
+/// learn of delivery another way, such as a request/response exchange.
+pub const FLAG_NO_CONFIRM: u8 = 0x02;
 
 /// Every command of protocol v1. Values are stable on the wire.
 #[repr(u8)]
@@ -114,10 +117,16 @@ impl FrameHeader {
             request_id: r.u64()?,
         };
         if h.length as usize > body_max {
-            return Err(DecodeError::Invalid { offset: 0, what: "frame length above maximum" });
+            return Err(DecodeError::Invalid {
+                offset: 0,
+                what: "frame length above maximum",
+            });
         }
         if h.reserved != 0 {
-            return Err(DecodeError::Invalid { offset: 6, what: "reserved header field" });
+            return Err(DecodeError::Invalid {
+                offset: 6,
+                what: "reserved header field",
+            });
         }
         Ok(h)
     }
@@ -129,7 +138,13 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let h = FrameHeader { length: 7, opcode: 0x20, flags: 1, reserved: 0, request_id: 9 };
+        let h = FrameHeader {
+            length: 7,
+            opcode: 0x20,
+            flags: 1,
+            reserved: 0,
+            request_id: 9,
+        };
         let mut out = Vec::new();
         h.put(&mut out);
         assert_eq!(out.len(), FRAME_HEADER_LEN);
@@ -138,13 +153,26 @@ mod tests {
 
     #[test]
     fn rejects_oversized_and_short() {
-        let h = FrameHeader { length: 100, opcode: 1, flags: 0, reserved: 0, request_id: 0 };
+        let h = FrameHeader {
+            length: 100,
+            opcode: 1,
+            flags: 0,
+            reserved: 0,
+            request_id: 0,
+        };
         let mut out = Vec::new();
         h.put(&mut out);
-        assert!(matches!(FrameHeader::decode(&out, 99), Err(DecodeError::Invalid { .. })));
+        assert!(matches!(
+            FrameHeader::decode(&out, 99),
+            Err(DecodeError::Invalid { .. })
+        ));
         assert!(matches!(
             FrameHeader::decode(&out[..10], 1000),
-            Err(DecodeError::Truncated { offset: 8, needed: 8, available: 2 })
+            Err(DecodeError::Truncated {
+                offset: 8,
+                needed: 8,
+                available: 2
+            })
         ));
         out[6] = 1;
         assert!(FrameHeader::decode(&out, 1000).is_err());

@@ -36,23 +36,43 @@ impl<'a> Publish<'a> {
         let kind = match r.u8()? {
             0 => DestKind::Queue,
             1 => DestKind::Topic,
-            _ => return Err(DecodeError::Invalid { offset: 0, what: "destination kind" }),
+            _ => {
+                return Err(DecodeError::Invalid {
+                    offset: 0,
+                    what: "destination kind",
+                })
+            }
         };
         if r.u8()? != 0 {
-            return Err(DecodeError::Invalid { offset: 1, what: "reserved" });
+            return Err(DecodeError::Invalid {
+                offset: 1,
+                what: "reserved",
+            });
         }
         let name = r.name()?;
         let batch_offset = r.position();
         let batch = BatchView::decode(r.rest()).map_err(|e| match e {
-            DecodeError::Truncated { offset, needed, available } => {
-                DecodeError::Truncated { offset: offset + batch_offset, needed, available }
-            }
-            DecodeError::Invalid { offset, what } => {
-                DecodeError::Invalid { offset: offset + batch_offset, what }
-            }
+            DecodeError::Truncated {
+                offset,
+                needed,
+                available,
+            } => DecodeError::Truncated {
+                offset: offset + batch_offset,
+                needed,
+                available,
+            },
+            DecodeError::Invalid { offset, what } => DecodeError::Invalid {
+                offset: offset + batch_offset,
+                what,
+            },
             other => other,
         })?;
-        Ok(Publish { kind, name, batch, batch_offset })
+        Ok(Publish {
+            kind,
+            name,
+            batch,
+            batch_offset,
+        })
     }
 }
 
@@ -64,11 +84,25 @@ pub struct PublishWriter {
 
 impl PublishWriter {
     pub fn begin(out: &mut Vec<u8>, kind: DestKind, name: &str, request_id: u64) -> Self {
-        let frame_at = begin_frame(out, Opcode::Publish, 0, request_id);
+        Self::begin_with_flags(out, kind, name, request_id, 0)
+    }
+
+    /// As [`PublishWriter::begin`] with header flags (e.g. `FLAG_NO_CONFIRM`).
+    pub fn begin_with_flags(
+        out: &mut Vec<u8>,
+        kind: DestKind,
+        name: &str,
+        request_id: u64,
+        flags: u8,
+    ) -> Self {
+        let frame_at = begin_frame(out, Opcode::Publish, flags, request_id);
         out.push(kind as u8);
         out.push(0);
         put_str16(out, name);
-        PublishWriter { frame_at, batch: BatchBuilder::begin(out) }
+        PublishWriter {
+            frame_at,
+            batch: BatchBuilder::begin(out),
+        }
     }
 
     pub fn push(&mut self, out: &mut Vec<u8>, meta: &RecordMeta<'_>, payload: &[u8]) {
@@ -104,7 +138,14 @@ mod tests {
         let mut out = Vec::new();
         let mut w = PublishWriter::begin(&mut out, DestKind::Topic, "a.b.c", 77);
         for i in 0..3u8 {
-            w.push(&mut out, &RecordMeta { id: i as u64, ..Default::default() }, &[i; 10]);
+            w.push(
+                &mut out,
+                &RecordMeta {
+                    id: i as u64,
+                    ..Default::default()
+                },
+                &[i; 10],
+            );
         }
         w.finish(&mut out);
         out
@@ -115,9 +156,18 @@ mod tests {
         let out = frame();
         let (h, cmd) = decode_one(&out).unwrap();
         assert_eq!(h.request_id, 77);
-        let Command::Publish(p) = cmd else { panic!("{cmd:?}") };
-        assert_eq!((p.kind, p.name, p.batch.count), (DestKind::Topic, "a.b.c", 3));
-        let payloads: Vec<_> = p.batch.records().map(|(_, r)| r.payload().to_vec()).collect();
+        let Command::Publish(p) = cmd else {
+            panic!("{cmd:?}")
+        };
+        assert_eq!(
+            (p.kind, p.name, p.batch.count),
+            (DestKind::Topic, "a.b.c", 3)
+        );
+        let payloads: Vec<_> = p
+            .batch
+            .records()
+            .map(|(_, r)| r.payload().to_vec())
+            .collect();
         assert_eq!(payloads, vec![vec![0; 10], vec![1; 10], vec![2; 10]]);
         assert_truncations_fail(&out);
     }
@@ -127,7 +177,10 @@ mod tests {
         let mut out = frame();
         let n = out.len();
         out[n - 1] ^= 1;
-        assert!(matches!(decode_one(&out), Err(DecodeError::Checksum { .. })));
+        assert!(matches!(
+            decode_one(&out),
+            Err(DecodeError::Checksum { .. })
+        ));
     }
 
     #[test]
