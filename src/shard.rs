@@ -525,7 +525,10 @@ impl Shard {
     pub fn buffer_topic(&mut self, key: SubKey, batch: &Arc<[u8]>, spans: &[(u32, u32)]) {
         let max = self.cfg.subscriber_buffer_max;
         let policy = self.cfg.slow_subscriber_policy;
-        let Some(conn) = self.conn(key.slot, key.generation) else {
+        // A closing connection takes no more messages: deliveries still in flight from other
+        // shards (sent before they learned of the close) would otherwise grow its buffer and
+        // count it as slow once more.
+        let Some(conn) = self.conn(key.slot, key.generation).filter(|c| !c.closing) else {
             return;
         };
         let Some(sub) = conn.subs.get_mut(&key.id) else {
