@@ -47,7 +47,9 @@ fn codec(c: &mut Criterion) {
             })
         });
         let body = &frame[wire::FRAME_HEADER_LEN..];
-        let Command::Publish(p) = wire::decode(&wire::FrameHeader::decode(&frame, usize::MAX).unwrap(), body).unwrap() else {
+        let Command::Publish(p) =
+            wire::decode(&wire::FrameHeader::decode(&frame, usize::MAX).unwrap(), body).unwrap()
+        else {
             unreachable!()
         };
         let batch = BatchView::decode(p.batch.bytes).unwrap();

@@ -122,19 +122,13 @@ mod tests {
             toml::from_str("shards = 3\nslow_subscriber_policy = \"disconnect\"").unwrap();
         assert_eq!(c.shards, 3);
         assert_eq!(c.slow_subscriber_policy, SlowSubscriberPolicy::Disconnect);
-        assert_eq!(
-            c.queue_max_deliveries,
-            Config::default().queue_max_deliveries
-        );
+        assert_eq!(c.queue_max_deliveries, Config::default().queue_max_deliveries);
         assert!(toml::from_str::<Config>("shardz = 3").is_err());
     }
 
     #[test]
     fn validation() {
-        let mut c = Config {
-            mailbox_slots: 3,
-            ..Config::default()
-        };
+        let mut c = Config { mailbox_slots: 3, ..Config::default() };
         assert!(c.validate().is_err());
         let mut c = Config::default();
         c.validate().unwrap();

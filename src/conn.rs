@@ -82,10 +82,7 @@ impl Conn {
         for (&id, sub) in self.subs.iter_mut() {
             while !sub.pending.is_empty() && self.out.len() < high_water {
                 let mut w = DeliverWriter::begin(&mut self.out, id);
-                for m in sub
-                    .pending
-                    .drain(..sub.pending.len().min(TOPIC_DELIVER_BATCH))
-                {
+                for m in sub.pending.drain(..sub.pending.len().min(TOPIC_DELIVER_BATCH)) {
                     w.push(&mut self.out, 0, 1, 0, m.bytes());
                 }
                 written += w.count() as usize;

@@ -2,6 +2,7 @@
 //! local queue). Each names its target implicitly: queue events go to the queue's owner, delivery
 //! and reply events to the shard that owns the connection, broadcasts to every shard.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use crate::broker::queue::{Delivered, QMsg, QueueOptions, Settle};
@@ -97,5 +98,11 @@ pub enum Event {
         shard: u16,
         slot: u32,
         generation: u32,
+    },
+    /// Follows a broadcast; the shard that applies the last copy answers OK. Mailboxes are FIFO,
+    /// so by then every shard has applied the broadcast.
+    Fence {
+        reply: ReplyTo,
+        left: Arc<AtomicUsize>,
     },
 }

@@ -4,6 +4,7 @@
 //! Frames are decoded by the client crate's codec; a frame that does not decode, or arrives out
 //! of order, closes only its own connection with an ERROR frame saying why.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use rdmq_client::error_code as code;
@@ -30,9 +31,7 @@ impl Shard {
     /// Bytes arrived for the connection in `slot`: append them and handle every whole frame.
     pub fn on_bytes(&mut self, slot: u32, generation: u32, bid: u16, len: usize) {
         let data = self.ring.buffer(bid, len);
-        let Some(conn) = self.conns[slot as usize]
-            .as_mut()
-            .filter(|c| c.generation == generation)
+        let Some(conn) = self.conns[slot as usize].as_mut().filter(|c| c.generation == generation)
         else {
             return;
         };
@@ -71,12 +70,7 @@ impl Shard {
     }
 
     fn on_frame(&mut self, slot: u32, generation: u32, h: &FrameHeader, body: &[u8]) {
-        let reply = ReplyTo {
-            shard: self.id,
-            slot,
-            generation,
-            request_id: h.request_id,
-        };
+        let reply = ReplyTo { shard: self.id, slot, generation, request_id: h.request_id };
         let cmd = match wire::decode(h, body) {
             Ok(cmd) => cmd,
             Err(e) => {
@@ -116,12 +110,7 @@ impl Shard {
                 let explicit_dlq = !d.dead_letter.is_empty();
                 self.route(
                     self.queue_owner(&name),
-                    Event::DeclareQueue {
-                        reply,
-                        name,
-                        opts,
-                        explicit_dlq,
-                    },
+                    Event::DeclareQueue { reply, name, opts, explicit_dlq },
                 );
             }
             (true, Command::DeleteQueue(n)) => {
@@ -133,13 +122,11 @@ impl Shard {
                     return self.reply(reply, err(code::INVALID_ARGUMENT, e.0));
                 }
                 let name: Arc<str> = n.name.into();
-                self.broadcast(|| Event::TopicDeclare { name: name.clone() });
-                self.reply(reply, ReplyKind::Ok);
+                self.broadcast_then_ok(reply, || Event::TopicDeclare { name: name.clone() });
             }
             (true, Command::DeleteTopic(n)) => {
                 let name: Arc<str> = n.name.into();
-                self.broadcast(|| Event::TopicDelete { name: name.clone() });
-                self.reply(reply, ReplyKind::Ok);
+                self.broadcast_then_ok(reply, || Event::TopicDelete { name: name.clone() });
             }
             (true, Command::Publish(p)) => {
                 self.on_publish(reply, h.flags & FLAG_NO_CONFIRM == 0, body, p)
@@ -194,18 +181,12 @@ impl Shard {
         name: &str,
         dead_letter: &str,
     ) -> Option<QueueOptions> {
-        let dead_letter = if dead_letter.is_empty() {
-            format!("{name}.dlq")
-        } else {
-            dead_letter.to_string()
-        };
+        let dead_letter =
+            if dead_letter.is_empty() { format!("{name}.dlq") } else { dead_letter.to_string() };
         if dead_letter == name {
             self.reply(
                 reply,
-                err(
-                    code::INVALID_ARGUMENT,
-                    "a queue cannot be its own dead-letter queue".into(),
-                ),
+                err(code::INVALID_ARGUMENT, "a queue cannot be its own dead-letter queue".into()),
             );
             return None;
         }
@@ -216,11 +197,7 @@ impl Shard {
             } else {
                 max_deliveries
             },
-            max_length: if max_length == 0 {
-                self.cfg.queue_max_length
-            } else {
-                max_length
-            },
+            max_length: if max_length == 0 { self.cfg.queue_max_length } else { max_length },
             dead_letter: Some(dead_letter),
         })
     }
@@ -234,13 +211,7 @@ impl Shard {
                 let owner = self.queue_owner(&queue);
                 self.route(
                     owner,
-                    Event::Publish {
-                        reply,
-                        confirm,
-                        queue,
-                        batch,
-                        count: p.batch.count,
-                    },
+                    Event::Publish { reply, confirm, queue, batch, count: p.batch.count },
                 );
             }
             DestKind::Topic => {
@@ -252,8 +223,7 @@ impl Shard {
                     return self.reply(reply, err(code::NOT_FOUND, msg));
                 }
                 let mut targets: Vec<SubKey> = Vec::new();
-                self.subscriptions
-                    .for_each_match(p.name, |k| targets.push(k));
+                self.subscriptions.for_each_match(p.name, |k| targets.push(k));
                 if !targets.is_empty() {
                     let batch: Arc<[u8]> = Arc::from(&body[p.batch_offset..]);
                     let spans: Arc<[(u32, u32)]> = p
@@ -262,24 +232,15 @@ impl Shard {
                         .map(|(at, r)| (at as u32, r.bytes.len() as u32))
                         .collect();
                     for key in targets {
-                        let ev = Event::TopicDeliver {
-                            key,
-                            batch: batch.clone(),
-                            spans: spans.clone(),
-                        };
+                        let ev =
+                            Event::TopicDeliver { key, batch: batch.clone(), spans: spans.clone() };
                         self.route(key.shard as usize, ev);
                     }
                 }
                 let position = self.topic_seq;
                 self.topic_seq += p.batch.count as u64;
                 if confirm {
-                    self.reply(
-                        reply,
-                        ReplyKind::Confirm {
-                            position,
-                            count: p.batch.count,
-                        },
-                    );
+                    self.reply(reply, ReplyKind::Confirm { position, count: p.batch.count });
                 }
             }
         }
@@ -291,24 +252,13 @@ impl Shard {
         }
         let conn = self.conns[slot as usize].as_mut().expect("live");
         if conn.id_in_use(id) {
-            return self.reply(
-                reply,
-                err(code::INVALID_ARGUMENT, format!("id {id} already in use")),
-            );
+            return self
+                .reply(reply, err(code::INVALID_ARGUMENT, format!("id {id} already in use")));
         }
         let pattern: Arc<str> = pat.into();
         conn.subs.insert(id, SubState::default());
-        let key = SubKey {
-            shard: self.id,
-            slot,
-            generation,
-            id,
-        };
-        self.broadcast(|| Event::SubAdd {
-            pattern: pattern.clone(),
-            key,
-        });
-        self.reply(reply, ReplyKind::Ok);
+        let key = SubKey { shard: self.id, slot, generation, id };
+        self.broadcast_then_ok(reply, || Event::SubAdd { pattern: pattern.clone(), key });
     }
 
     fn on_consume(
@@ -322,52 +272,25 @@ impl Shard {
     ) {
         let conn = self.conns[slot as usize].as_mut().expect("live");
         if conn.id_in_use(id) {
-            return self.reply(
-                reply,
-                err(code::INVALID_ARGUMENT, format!("id {id} already in use")),
-            );
+            return self
+                .reply(reply, err(code::INVALID_ARGUMENT, format!("id {id} already in use")));
         }
         let queue: Arc<str> = queue.into();
         conn.consumers.insert(id, queue.clone());
         conn.pending_consume.insert(reply.request_id, id);
-        let key = SubKey {
-            shard: self.id,
-            slot,
-            generation,
-            id,
-        };
-        self.route(
-            self.queue_owner(&queue),
-            Event::Consume {
-                reply,
-                queue,
-                key,
-                credit,
-            },
-        );
+        let key = SubKey { shard: self.id, slot, generation, id };
+        self.route(self.queue_owner(&queue), Event::Consume { reply, queue, key, credit });
     }
 
     fn on_unsubscribe(&mut self, slot: u32, generation: u32, reply: ReplyTo, id: u32) {
         let conn = self.conns[slot as usize].as_mut().expect("live");
-        let key = SubKey {
-            shard: self.id,
-            slot,
-            generation,
-            id,
-        };
+        let key = SubKey { shard: self.id, slot, generation, id };
         if let Some(queue) = conn.consumers.remove(&id) {
-            self.route(
-                self.queue_owner(&queue),
-                Event::Cancel { reply, queue, key },
-            );
+            self.route(self.queue_owner(&queue), Event::Cancel { reply, queue, key });
         } else if conn.subs.remove(&id).is_some() {
-            self.broadcast(|| Event::SubRemove { key });
-            self.reply(reply, ReplyKind::Ok);
+            self.broadcast_then_ok(reply, || Event::SubRemove { key });
         } else {
-            self.reply(
-                reply,
-                err(code::NOT_FOUND, format!("no subscription or consumer {id}")),
-            );
+            self.reply(reply, err(code::NOT_FOUND, format!("no subscription or consumer {id}")));
         }
     }
 
@@ -384,12 +307,7 @@ impl Shard {
         let Some(queue) = conn.consumers.get(&acks.consumer).cloned() else {
             return;
         };
-        let key = SubKey {
-            shard: self.id,
-            slot,
-            generation,
-            id: acks.consumer,
-        };
+        let key = SubKey { shard: self.id, slot, generation, id: acks.consumer };
         let ev = Event::Settle {
             queue,
             key,
@@ -420,8 +338,7 @@ impl Shard {
                 dead_letter: (!dead_letter_target).then(|| format!("{name}.dlq")),
             };
             let store = store::open(opts.durability).expect("memory store always opens");
-            self.queues
-                .insert(name.clone(), Queue::new(name.clone(), opts, store));
+            self.queues.insert(name.clone(), Queue::new(name.clone(), opts, store));
         }
         self.queues.get_mut(name)
     }
@@ -431,9 +348,7 @@ impl Shard {
             return;
         }
         metrics::add(&self.metrics.dead_lettered, msgs.len() as u64);
-        let dlq: Arc<str> = dlq
-            .expect("queues without a dead-letter queue drop instead")
-            .into();
+        let dlq: Arc<str> = dlq.expect("queues without a dead-letter queue drop instead").into();
         let owner = self.queue_owner(&dlq);
         self.route(owner, Event::DeadLetter { queue: dlq, msgs });
     }
@@ -476,11 +391,9 @@ impl Shard {
             ReplyKind::Confirm { position, count } => {
                 wire::confirm::Confirm { position, count }.encode(&mut conn.out, to.request_id)
             }
-            ReplyKind::Error { code, message } => ErrorFrame {
-                code,
-                message: &message,
+            ReplyKind::Error { code, message } => {
+                ErrorFrame { code, message: &message }.encode(&mut conn.out, to.request_id)
             }
-            .encode(&mut conn.out, to.request_id),
         }
         self.dirty_conns.push(to.slot);
     }
@@ -489,12 +402,9 @@ impl Shard {
 /// Applies one event to the shard that owns its subject.
 pub fn apply(s: &mut Shard, ev: Event) {
     match ev {
-        Event::DeclareQueue {
-            reply,
-            name,
-            opts,
-            explicit_dlq,
-        } => declare_queue(s, reply, name, opts, explicit_dlq),
+        Event::DeclareQueue { reply, name, opts, explicit_dlq } => {
+            declare_queue(s, reply, name, opts, explicit_dlq)
+        }
         Event::DeleteQueue { reply, name } => {
             let kind = match s.queues.get(&name) {
                 None => err(code::NOT_FOUND, format!("no queue {name:?}")),
@@ -509,13 +419,7 @@ pub fn apply(s: &mut Shard, ev: Event) {
             };
             s.reply(reply, kind);
         }
-        Event::Publish {
-            reply,
-            confirm,
-            queue,
-            batch,
-            count,
-        } => {
+        Event::Publish { reply, confirm, queue, batch, count } => {
             let now = s.now_ms;
             let Some(q) = s.queue_or_create(&queue, false) else {
                 let msg = format!("no queue {queue:?} (auto_create is off)");
@@ -538,18 +442,11 @@ pub fn apply(s: &mut Shard, ev: Event) {
         }
         Event::DeadLetter { queue, msgs } => {
             let now = s.now_ms;
-            let q = s
-                .queue_or_create(&queue, true)
-                .expect("dead-letter queues are always created");
+            let q = s.queue_or_create(&queue, true).expect("dead-letter queues are always created");
             q.append_dead_letters(msgs, now);
             s.mark_queue_dirty(&queue);
         }
-        Event::Consume {
-            reply,
-            queue,
-            key,
-            credit,
-        } => {
+        Event::Consume { reply, queue, key, credit } => {
             let Some(q) = s.queue_or_create(&queue, false) else {
                 let msg = format!("no queue {queue:?} (auto_create is off)");
                 return s.reply(reply, err(code::NOT_FOUND, msg));
@@ -572,13 +469,7 @@ pub fn apply(s: &mut Shard, ev: Event) {
             s.mark_queue_dirty(&queue);
             s.reply(reply, ReplyKind::Ok);
         }
-        Event::Settle {
-            queue,
-            key,
-            op,
-            multiple,
-            tags,
-        } => {
+        Event::Settle { queue, key, op, multiple, tags } => {
             let mut dead = Vec::new();
             let Some(q) = s.queues.get_mut(&queue) else {
                 return;
@@ -599,11 +490,12 @@ pub fn apply(s: &mut Shard, ev: Event) {
         Event::TopicDelete { name } => {
             s.topics.remove(&name);
         }
-        Event::ConnClosed {
-            shard,
-            slot,
-            generation,
-        } => {
+        Event::Fence { reply, left } => {
+            if left.fetch_sub(1, Ordering::AcqRel) == 1 {
+                s.reply(reply, ReplyKind::Ok);
+            }
+        }
+        Event::ConnClosed { shard, slot, generation } => {
             s.subscriptions.remove_connection(shard, slot, generation);
             let mut all_dead = Vec::new();
             let mut touched = Vec::new();

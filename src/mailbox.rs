@@ -45,13 +45,8 @@ pub struct Receiver<T> {
 
 /// A mailbox of `capacity` slots (a power of two).
 pub fn mailbox<T: Send>(capacity: usize) -> (Sender<T>, Receiver<T>) {
-    assert!(
-        capacity.is_power_of_two() && capacity >= 2,
-        "capacity must be a power of two"
-    );
-    let slots = (0..capacity)
-        .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
-        .collect();
+    assert!(capacity.is_power_of_two() && capacity >= 2, "capacity must be a power of two");
+    let slots = (0..capacity).map(|_| UnsafeCell::new(MaybeUninit::uninit())).collect();
     let ring = Arc::new(Ring {
         slots,
         mask: capacity - 1,
@@ -59,16 +54,8 @@ pub fn mailbox<T: Send>(capacity: usize) -> (Sender<T>, Receiver<T>) {
         tail: Padded(AtomicUsize::new(0)),
     });
     (
-        Sender {
-            ring: ring.clone(),
-            tail: 0,
-            head_cache: 0,
-        },
-        Receiver {
-            ring,
-            head: 0,
-            tail_cache: 0,
-        },
+        Sender { ring: ring.clone(), tail: 0, head_cache: 0 },
+        Receiver { ring, head: 0, tail_cache: 0 },
     )
 }
 
@@ -139,10 +126,7 @@ mod tests {
         assert_eq!(tx.push(9), Err(9));
         assert_eq!(rx.pop(), Some(0));
         tx.push(4).unwrap();
-        assert_eq!(
-            (1..5).map(|_| rx.pop().unwrap()).collect::<Vec<_>>(),
-            vec![1, 2, 3, 4]
-        );
+        assert_eq!((1..5).map(|_| rx.pop().unwrap()).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
         assert_eq!(rx.pop(), None);
         assert!(rx.is_empty());
     }

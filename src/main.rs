@@ -10,11 +10,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "rdmq",
-    version,
-    about = "rdmq: a thread-per-core message queue server"
-)]
+#[command(name = "rdmq", version, about = "rdmq: a thread-per-core message queue server")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -114,11 +110,7 @@ fn serve(a: ServeArgs) -> Result<(), String> {
     let _ = std::io::stdout().flush();
     let metrics = server.metrics.clone();
     let result = server.join();
-    let summary: Vec<String> = metrics
-        .snapshot()
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
+    let summary: Vec<String> = metrics.snapshot().iter().map(|(k, v)| format!("{k}={v}")).collect();
     eprintln!("rdmq: stopped; {}", summary.join(" "));
     result
 }

@@ -42,10 +42,7 @@ impl Server {
         let ctls: Vec<ShardCtl> = (0..n)
             .map(|_| {
                 let eventfd = sys::eventfd().map_err(|e| format!("eventfd: {e}"))?;
-                Ok(ShardCtl {
-                    sleeping: AtomicBool::new(false),
-                    eventfd,
-                })
+                Ok(ShardCtl { sleeping: AtomicBool::new(false), eventfd })
             })
             .collect::<Result<_, String>>()?;
         let ctls = Arc::new(ctls);
@@ -90,11 +87,7 @@ impl Server {
                 .map_err(|e| format!("cannot spawn shard thread: {e}"))?;
             threads.push(t);
         }
-        Ok(Server {
-            addr,
-            metrics,
-            threads,
-        })
+        Ok(Server { addr, metrics, threads })
     }
 
     /// Waits for every shard to stop (after SIGINT/SIGTERM). Returns the first shard error.

@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -140,8 +140,7 @@ impl Shard {
 
     /// Runs until termination is requested. Returns the first fatal ring error.
     pub fn run(mut self) -> std::io::Result<()> {
-        self.ring
-            .accept_multi(self.listener.as_raw_fd(), user_data(op::ACCEPT, 0, 0));
+        self.ring.accept_multi(self.listener.as_raw_fd(), user_data(op::ACCEPT, 0, 0));
         self.arm_wake();
         self.ring.submit()?;
         let spin = Duration::from_micros(self.cfg.idle_spin_us);
@@ -263,6 +262,15 @@ impl Shard {
         }
     }
 
+    /// Broadcasts an event and answers OK once every shard has applied it: a client that hears
+    /// OK for a subscription can publish on another connection (so another shard) and be sure
+    /// that shard already matches it.
+    pub fn broadcast_then_ok(&mut self, reply: ReplyTo, make: impl Fn() -> Event) {
+        self.broadcast(make);
+        let left = Arc::new(AtomicUsize::new(self.shards));
+        self.broadcast(|| Event::Fence { reply, left: left.clone() });
+    }
+
     pub fn reply(&mut self, to: ReplyTo, kind: ReplyKind) {
         self.route(to.shard as usize, Event::Reply { to, kind });
     }
@@ -300,13 +308,7 @@ impl Shard {
             }
         }
         for d in out {
-            self.route(
-                d.consumer.shard as usize,
-                Event::Deliver {
-                    key: d.consumer,
-                    msgs: d.msgs,
-                },
-            );
+            self.route(d.consumer.shard as usize, Event::Deliver { key: d.consumer, msgs: d.msgs });
         }
         dirty.clear();
         self.dirty_queues = dirty;
@@ -326,15 +328,10 @@ impl Shard {
 
     fn on_accept(&mut self, c: Completion) {
         if !c.more() {
-            self.ring
-                .accept_multi(self.listener.as_raw_fd(), user_data(op::ACCEPT, 0, 0));
+            self.ring.accept_multi(self.listener.as_raw_fd(), user_data(op::ACCEPT, 0, 0));
         }
         if c.result < 0 {
-            eprintln!(
-                "rdmq: shard {}: accept failed: {}",
-                self.id,
-                errno(c.result)
-            );
+            eprintln!("rdmq: shard {}: accept failed: {}", self.id, errno(c.result));
             return;
         }
         let fd = c.result as RawFd;
@@ -347,17 +344,13 @@ impl Shard {
         let generation = self.generations[slot as usize].wrapping_add(1) & 0xFF_FFFF;
         self.generations[slot as usize] = generation;
         self.conns[slot as usize] = Some(Conn::new(fd, generation));
-        self.ring
-            .recv_multi(fd, user_data(op::RECV, generation, slot));
+        self.ring.recv_multi(fd, user_data(op::RECV, generation, slot));
         metrics::add(&self.metrics.connections_accepted, 1);
     }
 
     /// The connection in `slot` if it is still the one with `generation`.
     pub fn conn(&mut self, slot: u32, generation: u32) -> Option<&mut Conn> {
-        self.conns
-            .get_mut(slot as usize)?
-            .as_mut()
-            .filter(|c| c.generation == generation)
+        self.conns.get_mut(slot as usize)?.as_mut().filter(|c| c.generation == generation)
     }
 
     fn on_recv(&mut self, slot: u32, generation: u32, c: Completion) {
@@ -388,8 +381,7 @@ impl Shard {
         if !conn.recv_armed && !conn.closing {
             conn.recv_armed = true;
             let fd = conn.fd;
-            self.ring
-                .recv_multi(fd, user_data(op::RECV, generation, slot));
+            self.ring.recv_multi(fd, user_data(op::RECV, generation, slot));
         }
         self.maybe_release(slot);
     }
@@ -444,10 +436,7 @@ impl Shard {
             let buf = &conn.sending[conn.send_offset..];
             // SAFETY: `sending` is leased to this send: it is neither touched nor dropped until
             // its completion clears `send_inflight` (`maybe_release` waits for that).
-            unsafe {
-                self.ring
-                    .send(fd, buf, user_data(op::SEND, generation, slot))
-            };
+            unsafe { self.ring.send(fd, buf, user_data(op::SEND, generation, slot)) };
         }
         dirty.clear();
         self.dirty_conns = dirty;
@@ -478,14 +467,9 @@ impl Shard {
         let generation = conn.generation;
         if conn.recv_armed {
             let target = user_data(op::RECV, generation, slot);
-            self.ring
-                .cancel(target, user_data(op::CANCEL, generation, slot));
+            self.ring.cancel(target, user_data(op::CANCEL, generation, slot));
         }
-        self.broadcast(|| Event::ConnClosed {
-            shard: id,
-            slot,
-            generation,
-        });
+        self.broadcast(|| Event::ConnClosed { shard: id, slot, generation });
         self.dirty_conns.push(slot);
         metrics::add(&self.metrics.connections_closed, 1);
     }
@@ -535,11 +519,7 @@ impl Shard {
             return;
         };
         for &(offset, len) in spans {
-            sub.pending.push_back(MsgRef {
-                batch: batch.clone(),
-                offset,
-                len,
-            });
+            sub.pending.push_back(MsgRef { batch: batch.clone(), offset, len });
         }
         let excess = sub.pending.len().saturating_sub(max);
         if excess > 0 {

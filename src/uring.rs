@@ -57,10 +57,7 @@ pub struct Uring {
 impl Uring {
     /// `sq_entries` submission slots; `buf_count` receive buffers of `buf_size` bytes each.
     pub fn new(sq_entries: u32, buf_count: u16, buf_size: usize) -> io::Result<Uring> {
-        assert!(
-            buf_count.is_power_of_two(),
-            "buffer ring size must be a power of two"
-        );
+        assert!(buf_count.is_power_of_two(), "buffer ring size must be a power of two");
         let ring = IoUring::builder()
             .setup_coop_taskrun()
             .setup_single_issuer()
@@ -92,8 +89,7 @@ impl Uring {
         // SAFETY: the mapping lives as long as `bufs`, which `Uring` drops after `ring`
         // (field order), and the ring is unregistered when the io_uring is closed.
         unsafe {
-            ring.submitter()
-                .register_buf_ring_with_flags(base as u64, buf_count, BUF_GROUP, 0)?
+            ring.submitter().register_buf_ring_with_flags(base as u64, buf_count, BUF_GROUP, 0)?
         };
         for bid in 0..buf_count {
             bufs.push(bid);
@@ -111,18 +107,13 @@ impl Uring {
             }
             // Submission queue full: hand what is queued to the kernel and retry.
             if let Err(e) = self.ring.submit() {
-                assert!(
-                    e.raw_os_error() == Some(libc::EBUSY),
-                    "io_uring submit: {e}"
-                );
+                assert!(e.raw_os_error() == Some(libc::EBUSY), "io_uring submit: {e}");
             }
         }
     }
 
     pub fn accept_multi(&mut self, listener: RawFd, user_data: u64) {
-        let e = opcode::AcceptMulti::new(Fd(listener))
-            .flags(libc::SOCK_CLOEXEC)
-            .build();
+        let e = opcode::AcceptMulti::new(Fd(listener)).flags(libc::SOCK_CLOEXEC).build();
         self.push(e.user_data(user_data));
     }
 
@@ -137,9 +128,7 @@ impl Uring {
     /// `buf` must stay allocated and unmodified until the completion with `user_data` is reaped.
     pub unsafe fn send(&mut self, fd: RawFd, buf: &[u8], user_data: u64) {
         let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
-        let e = opcode::Send::new(Fd(fd), buf.as_ptr(), len)
-            .flags(libc::MSG_NOSIGNAL)
-            .build();
+        let e = opcode::Send::new(Fd(fd), buf.as_ptr(), len).flags(libc::MSG_NOSIGNAL).build();
         self.push(e.user_data(user_data));
     }
 
@@ -178,12 +167,7 @@ impl Uring {
         let args = SubmitArgs::new().timespec(&ts);
         match self.ring.submitter().submit_with_args(1, &args) {
             Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                ) =>
-            {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {
                 Ok(())
             }
             Err(e) => Err(e),

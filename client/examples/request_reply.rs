@@ -32,14 +32,19 @@ fn main() -> Result<(), Error> {
     let mut requests = conn.queue_producer("example.requests");
     let mut replies = conn.consume("example.replies", 16)?;
     for (i, text) in ["a", "bb", "ccc"].iter().enumerate() {
-        let msg = Message::new(*text).correlation_id(format!("req-{i}")).reply_to("example.replies");
+        let msg =
+            Message::new(*text).correlation_id(format!("req-{i}")).reply_to("example.replies");
         requests.send_message(&msg)?;
     }
     requests.flush()?;
     for _ in 0..3 {
         let reply = replies.receive(Some(Duration::from_secs(10)))?.expect("a reply");
         let rec = reply.record();
-        println!("{} -> {}", String::from_utf8_lossy(rec.correlation_id()), String::from_utf8_lossy(reply.payload()));
+        println!(
+            "{} -> {}",
+            String::from_utf8_lossy(rec.correlation_id()),
+            String::from_utf8_lossy(reply.payload())
+        );
         replies.ack(&reply)?;
     }
     worker.join().expect("worker thread")?;

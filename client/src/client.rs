@@ -70,10 +70,7 @@ pub struct Message {
 
 impl Message {
     pub fn new(payload: impl Into<Vec<u8>>) -> Message {
-        Message {
-            payload: payload.into(),
-            ..Default::default()
-        }
+        Message { payload: payload.into(), ..Default::default() }
     }
     pub fn id(mut self, id: u64) -> Self {
         self.id = id;
@@ -190,14 +187,10 @@ impl Connection {
         let addr = match Endpoint::parse(url)? {
             Endpoint::Tcp(addr) => addr,
             Endpoint::Rdma(_) => {
-                return Err(Error::Url(
-                    "the rdma:// transport is not built yet (issue #4)".into(),
-                ))
+                return Err(Error::Url("the rdma:// transport is not built yet (issue #4)".into()))
             }
             Endpoint::Shm(_) => {
-                return Err(Error::Url(
-                    "the shm:// transport is not built yet (issue #4)".into(),
-                ))
+                return Err(Error::Url("the shm:// transport is not built yet (issue #4)".into()))
             }
         };
         let sock = TcpStream::connect(&addr)?;
@@ -232,9 +225,7 @@ impl Connection {
         }
         .encode(&mut inner.wbuf, req);
         inner.wait_reply(req)?;
-        Ok(Connection {
-            inner: Rc::new(RefCell::new(inner)),
-        })
+        Ok(Connection { inner: Rc::new(RefCell::new(inner)) })
     }
 
     /// (shard that accepted this connection, shard count), from the handshake.
@@ -302,23 +293,14 @@ impl Connection {
         let id = self.inner.borrow_mut().sub_id();
         self.request(|out, req| wire::subscribe::Consume { id, credit, queue }.encode(out, req))?;
         let ack_batch = (credit as usize / 4).max(1);
-        Ok(Consumer {
-            inner: self.inner.clone(),
-            id,
-            ack_batch,
-            open: true,
-        })
+        Ok(Consumer { inner: self.inner.clone(), id, ack_batch, open: true })
     }
 
     /// Subscribes to topics matching `pattern` (`*` one word, `#` zero or more).
     pub fn subscribe(&self, pattern: &str) -> Result<Subscription, Error> {
         let id = self.inner.borrow_mut().sub_id();
         self.request(|out, req| wire::subscribe::Subscribe { id, pattern }.encode(out, req))?;
-        Ok(Subscription {
-            inner: self.inner.clone(),
-            id,
-            open: true,
-        })
+        Ok(Subscription { inner: self.inner.clone(), id, open: true })
     }
 
     fn request(&self, encode: impl FnOnce(&mut Vec<u8>, u64)) -> Result<(), Error> {
@@ -483,8 +465,7 @@ impl Inner {
                     } else if h.request_id != 0 {
                         // A publish, confirmed or not: report it at the next send or flush.
                         self.unconfirmed.remove(&h.request_id);
-                        self.publish_errors
-                            .push(Error::Server { code, message: msg });
+                        self.publish_errors.push(Error::Server { code, message: msg });
                     }
                     None
                 }
@@ -646,13 +627,8 @@ impl Producer {
                 PublishWriter::begin_with_flags(&mut inner.wbuf, self.kind, &self.name, req, flags);
             let name = self.name.clone();
             let confirm = self.confirm;
-            inner.open = Some(OpenBatch {
-                confirm,
-                kind: self.kind,
-                name,
-                request_id: req,
-                writer: w,
-            });
+            inner.open =
+                Some(OpenBatch { confirm, kind: self.kind, name, request_id: req, writer: w });
         }
         let mut meta = *meta;
         if meta.timestamp_us == 0 {
@@ -661,9 +637,7 @@ impl Producer {
         let Inner { open, wbuf, .. } = &mut *inner;
         let open = open.as_mut().expect("opened above");
         open.writer.push(wbuf, &meta, payload);
-        let receipt = Receipt {
-            request_id: open.request_id,
-        };
+        let receipt = Receipt { request_id: open.request_id };
         if open.writer.len(wbuf) >= inner.opts.batch_bytes {
             inner.close_batch();
             if inner.wbuf.len() >= inner.opts.batch_bytes {
@@ -696,11 +670,7 @@ impl Producer {
     /// Waits until the send behind `receipt` is confirmed.
     pub fn wait(&mut self, receipt: Receipt) -> Result<(), Error> {
         let mut inner = self.inner.borrow_mut();
-        if inner
-            .open
-            .as_ref()
-            .is_some_and(|o| o.request_id == receipt.request_id)
-        {
+        if inner.open.as_ref().is_some_and(|o| o.request_id == receipt.request_id) {
             inner.close_batch();
         }
         inner.write_all()?;
@@ -829,8 +799,5 @@ impl Drop for Subscription {
 }
 
 fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }

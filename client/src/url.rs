@@ -23,9 +23,7 @@ impl Endpoint {
         }
         let with_port = |r: &str| {
             let r = r.trim_end_matches('/');
-            if r.rsplit_once(':')
-                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-            {
+            if r.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
                 r.to_string()
             } else {
                 format!("{r}:{DEFAULT_PORT}")
@@ -35,9 +33,7 @@ impl Endpoint {
             "tcp" => Ok(Endpoint::Tcp(with_port(rest))),
             "rdma" => Ok(Endpoint::Rdma(with_port(rest))),
             "shm" => Ok(Endpoint::Shm(rest.to_string())),
-            other => Err(Error::Url(format!(
-                "{url:?}: unknown scheme {other:?} (tcp, rdma, shm)"
-            ))),
+            other => Err(Error::Url(format!("{url:?}: unknown scheme {other:?} (tcp, rdma, shm)"))),
         }
     }
 }
@@ -48,22 +44,10 @@ mod tests {
 
     #[test]
     fn parses() {
-        assert_eq!(
-            Endpoint::parse("tcp://h:1").unwrap(),
-            Endpoint::Tcp("h:1".into())
-        );
-        assert_eq!(
-            Endpoint::parse("tcp://h").unwrap(),
-            Endpoint::Tcp("h:7420".into())
-        );
-        assert_eq!(
-            Endpoint::parse("tcp://[::1]:9").unwrap(),
-            Endpoint::Tcp("[::1]:9".into())
-        );
-        assert_eq!(
-            Endpoint::parse("shm:///tmp/x").unwrap(),
-            Endpoint::Shm("/tmp/x".into())
-        );
+        assert_eq!(Endpoint::parse("tcp://h:1").unwrap(), Endpoint::Tcp("h:1".into()));
+        assert_eq!(Endpoint::parse("tcp://h").unwrap(), Endpoint::Tcp("h:7420".into()));
+        assert_eq!(Endpoint::parse("tcp://[::1]:9").unwrap(), Endpoint::Tcp("[::1]:9".into()));
+        assert_eq!(Endpoint::parse("shm:///tmp/x").unwrap(), Endpoint::Shm("/tmp/x".into()));
         assert!(Endpoint::parse("h:1").is_err());
         assert!(Endpoint::parse("udp://h:1").is_err());
         assert!(Endpoint::parse("tcp://").is_err());

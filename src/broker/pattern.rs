@@ -22,9 +22,7 @@ pub fn validate_topic(name: &str) -> Result<(), PatternError> {
 pub fn validate_pattern(pattern: &str) -> Result<(), PatternError> {
     for w in pattern.split('.') {
         if w.is_empty() {
-            return Err(PatternError(format!(
-                "pattern {pattern:?} has an empty word"
-            )));
+            return Err(PatternError(format!("pattern {pattern:?} has an empty word")));
         }
         if w.len() > 1 && w.contains(['*', '#']) {
             return Err(PatternError(format!(

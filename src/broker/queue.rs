@@ -160,18 +160,12 @@ impl Queue {
         let held = self.ready.len() + self.unacked_len();
         if held + count as usize > self.opts.max_length as usize {
             self.stats.refused_full += 1;
-            return Err(QueueError::Full {
-                max_length: self.opts.max_length,
-            });
+            return Err(QueueError::Full { max_length: self.opts.max_length });
         }
         let first = self.next_seq;
         let refs: Vec<MsgRef> = records
             .map(|(offset, len, ttl)| {
-                let rec = MsgRef {
-                    batch: batch.clone(),
-                    offset,
-                    len,
-                };
+                let rec = MsgRef { batch: batch.clone(), offset, len };
                 let expires_ms = if ttl == 0 { 0 } else { now_ms + ttl as u64 };
                 self.ready.push_back(QMsg {
                     rec: rec.clone(),
@@ -183,11 +177,7 @@ impl Queue {
                 rec
             })
             .collect();
-        assert_eq!(
-            refs.len(),
-            count as usize,
-            "record count disagrees with batch header"
-        );
+        assert_eq!(refs.len(), count as usize, "record count disagrees with batch header");
         if let Err(e) = self.store.append(first, &refs) {
             // Nothing confirmed: take the batch back out.
             self.ready.truncate(self.ready.len() - refs.len());
@@ -204,11 +194,7 @@ impl Queue {
         let first = self.next_seq;
         let refs: Vec<MsgRef> = msgs.iter().map(|m| m.rec.clone()).collect();
         for m in msgs {
-            self.ready.push_back(QMsg {
-                seq: self.next_seq,
-                deliveries: 0,
-                ..m
-            });
+            self.ready.push_back(QMsg { seq: self.next_seq, deliveries: 0, ..m });
             self.next_seq += 1;
         }
         // A dead letter is already settled where it came from; a store that cannot take it
@@ -394,21 +380,14 @@ impl Queue {
         for (ci, msgs) in batches.into_iter().enumerate() {
             if !msgs.is_empty() {
                 self.stats.delivered += msgs.len() as u64;
-                out.push(Dispatch {
-                    consumer: self.consumers[ci].key,
-                    msgs,
-                });
+                out.push(Dispatch { consumer: self.consumers[ci].key, msgs });
             }
         }
     }
 
     /// Drops expired messages at the head even when nobody consumes, so memory is returned.
     pub fn expire(&mut self, now_ms: u64) {
-        while self
-            .ready
-            .front()
-            .is_some_and(|m| m.expires_ms != 0 && m.expires_ms <= now_ms)
-        {
+        while self.ready.front().is_some_and(|m| m.expires_ms != 0 && m.expires_ms <= now_ms) {
             let m = self.ready.pop_front().expect("checked");
             self.stats.expired += 1;
             self.store.settle(m.seq);
@@ -427,12 +406,7 @@ mod tests {
     use rdmq_client::wire::record::{BatchBuilder, BatchView, RecordMeta};
 
     fn key(id: u32) -> SubKey {
-        SubKey {
-            shard: 0,
-            slot: id,
-            generation: 0,
-            id,
-        }
+        SubKey { shard: 0, slot: id, generation: 0, id }
     }
 
     fn queue(max_deliveries: u32, max_length: u32) -> Queue {
@@ -456,10 +430,7 @@ mod tests {
         let mut buf = Vec::new();
         let mut b = BatchBuilder::begin(&mut buf);
         for i in from..from + n {
-            let meta = RecordMeta {
-                ttl_ms,
-                ..Default::default()
-            };
+            let meta = RecordMeta { ttl_ms, ..Default::default() };
             b.push(&mut buf, &meta, i.to_string().as_bytes());
         }
         b.finish(&mut buf);
@@ -496,13 +467,7 @@ mod tests {
         // No credit left: nothing more goes out until something is settled.
         assert!(drain(&mut q, 0).is_empty());
         let tags: Vec<u64> = out[0].msgs.iter().map(|m| m.tag).collect();
-        q.settle(
-            key(1),
-            Settle::Ack,
-            false,
-            tags.into_iter(),
-            &mut Vec::new(),
-        );
+        q.settle(key(1), Settle::Ack, false, tags.into_iter(), &mut Vec::new());
         let out = drain(&mut q, 0);
         assert_eq!(out.iter().map(|d| d.msgs.len()).sum::<usize>(), 3);
         assert_eq!(q.stats.acked, 3);
@@ -515,29 +480,13 @@ mod tests {
         q.add_consumer(key(1), 10).unwrap();
         let first = drain(&mut q, 0);
         assert_eq!(first[0].msgs.len(), 4);
-        q.settle(
-            key(1),
-            Settle::Ack,
-            false,
-            [first[0].msgs[1].tag].into_iter(),
-            &mut Vec::new(),
-        );
+        q.settle(key(1), Settle::Ack, false, [first[0].msgs[1].tag].into_iter(), &mut Vec::new());
         assert!(q.remove_consumer(key(1), &mut Vec::new()));
         q.add_consumer(key(2), 10).unwrap();
         let again = drain(&mut q, 0);
-        let got: Vec<_> = again[0]
-            .msgs
-            .iter()
-            .map(|m| (payload(m), m.redelivered, m.delivery_count))
-            .collect();
-        assert_eq!(
-            got,
-            vec![
-                ("0".into(), true, 2),
-                ("2".into(), true, 2),
-                ("3".into(), true, 2)
-            ]
-        );
+        let got: Vec<_> =
+            again[0].msgs.iter().map(|m| (payload(m), m.redelivered, m.delivery_count)).collect();
+        assert_eq!(got, vec![("0".into(), true, 2), ("2".into(), true, 2), ("3".into(), true, 2)]);
     }
 
     #[test]
@@ -549,13 +498,7 @@ mod tests {
         for round in 1..=2 {
             let out = drain(&mut q, 0);
             assert_eq!(out[0].msgs[0].delivery_count, round);
-            q.settle(
-                key(1),
-                Settle::Nack,
-                false,
-                [out[0].msgs[0].tag].into_iter(),
-                &mut dead,
-            );
+            q.settle(key(1), Settle::Nack, false, [out[0].msgs[0].tag].into_iter(), &mut dead);
         }
         assert_eq!(dead.len(), 1);
         assert!(drain(&mut q, 0).is_empty());
@@ -570,25 +513,13 @@ mod tests {
         let out = drain(&mut q, 0);
         let tags: Vec<u64> = out[0].msgs.iter().map(|m| m.tag).collect();
         let mut dead = Vec::new();
-        q.settle(
-            key(1),
-            Settle::Reject,
-            false,
-            [tags[4]].into_iter(),
-            &mut dead,
-        );
+        q.settle(key(1), Settle::Reject, false, [tags[4]].into_iter(), &mut dead);
         assert_eq!(dead.len(), 1);
         q.settle(key(1), Settle::Ack, true, [tags[2]].into_iter(), &mut dead);
         assert_eq!(q.unacked_len(), 1);
         assert_eq!(q.stats.acked, 3);
         // Unknown and repeated tags are ignored.
-        q.settle(
-            key(1),
-            Settle::Ack,
-            false,
-            [tags[0], 9999].into_iter(),
-            &mut dead,
-        );
+        q.settle(key(1), Settle::Ack, false, [tags[0], 9999].into_iter(), &mut dead);
         assert_eq!(q.unacked_len(), 1);
     }
 
@@ -608,10 +539,7 @@ mod tests {
     fn max_length_refuses_whole_batch() {
         let mut q = queue(5, 3);
         publish(&mut q, 0, 2, 0, 0).unwrap();
-        assert_eq!(
-            publish(&mut q, 2, 2, 0, 0),
-            Err(QueueError::Full { max_length: 3 })
-        );
+        assert_eq!(publish(&mut q, 2, 2, 0, 0), Err(QueueError::Full { max_length: 3 }));
         assert_eq!(q.ready_len(), 2);
         assert_eq!(publish(&mut q, 2, 1, 0, 0), Ok((2, 1)));
     }

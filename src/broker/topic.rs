@@ -69,12 +69,7 @@ mod tests {
     use super::*;
 
     fn k(slot: u32, id: u32) -> SubKey {
-        SubKey {
-            shard: 0,
-            slot,
-            generation: 0,
-            id,
-        }
+        SubKey { shard: 0, slot, generation: 0, id }
     }
 
     #[test]

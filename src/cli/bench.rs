@@ -123,12 +123,7 @@ pub struct Pcts {
 
 impl From<[f64; 4]> for Pcts {
     fn from(v: [f64; 4]) -> Pcts {
-        Pcts {
-            p50: v[0],
-            p99: v[1],
-            p999: v[2],
-            max: v[3],
-        }
+        Pcts { p50: v[0], p99: v[1], p999: v[2], max: v[3] }
     }
 }
 
@@ -160,16 +155,9 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
             args.transport
         ));
     }
-    let size = args.size.unwrap_or(if args.workload == Workload::Shootout {
-        1024
-    } else {
-        64
-    });
+    let size = args.size.unwrap_or(if args.workload == Workload::Shootout { 1024 } else { 64 });
     if size < peer::PAYLOAD_HEADER {
-        return Err(format!(
-            "--size must be at least {} bytes",
-            peer::PAYLOAD_HEADER
-        ));
+        return Err(format!("--size must be at least {} bytes", peer::PAYLOAD_HEADER));
     }
     let count = args.count.unwrap_or(match args.workload {
         Workload::Shootout => 20_000,
@@ -177,25 +165,23 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         Workload::Stream | Workload::Fanout | Workload::Compete => 1_000_000,
         Workload::Rate => args.rate * 5,
     });
-    let spawned = if args.spawn {
-        Some(SpawnedServer::start(args.shards)?)
-    } else {
-        None
-    };
+    let mut notes = Vec::new();
+    // A topic subscriber buffer holds what a subscriber has not read yet; the fanout producer has
+    // no flow control from subscribers, so a spawned server gets room for the whole run and the
+    // run measures delivery, not the drop_oldest policy (a --url server reports loss instead).
+    let config = (args.workload == Workload::Fanout).then(|| {
+        notes.push(format!("spawned server: subscriber_buffer_max = {}", count + 16));
+        format!("subscriber_buffer_max = {}\n", count + 16)
+    });
+    let spawned =
+        if args.spawn { Some(SpawnedServer::start(args.shards, config)?) } else { None };
     let url = match (&spawned, &args.url) {
         (Some(s), _) => s.url.clone(),
         (None, Some(u)) => u.clone(),
         (None, None) => "tcp://127.0.0.1:7420".to_string(),
     };
     let run_id = format!("bench.{}.{}", std::process::id(), now_ns() % 1_000_000);
-    let ctx = Ctx {
-        url,
-        count,
-        size,
-        run_id,
-        args,
-    };
-    let mut notes = Vec::new();
+    let ctx = Ctx { url, count, size, run_id, args };
     let (broker, baseline) = match ctx.args.workload {
         Workload::Pingpong => {
             notes.push(format!("{PINGPONG_WARMUP} warm-up round trips; publishes without confirms (the reply confirms)"));
@@ -228,10 +214,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
                 notes.push("baseline: 1 KiB appends to a file, one fdatasync each".into());
             }
             let b = shootout_broker(&ctx)?;
-            (
-                b,
-                shootout_raw(&ctx, spawned.as_ref().map(|s| s.dir.clone()))?,
-            )
+            (b, shootout_raw(&ctx, spawned.as_ref().map(|s| s.dir.clone()))?)
         }
     };
     drop(spawned);
@@ -252,7 +235,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     }
     if !report.broker.verified || !report.baseline.verified {
         return Err(
-            "verification failed: messages were lost, duplicated, reordered or corrupted".into(),
+            "verification failed: messages were lost, duplicated, reordered or corrupted".into()
         );
     }
     Ok(())
@@ -266,33 +249,30 @@ struct SpawnedServer {
 }
 
 impl SpawnedServer {
-    fn start(shards: Option<usize>) -> Result<SpawnedServer, String> {
+    fn start(shards: Option<usize>, config: Option<String>) -> Result<SpawnedServer, String> {
         let dir = std::env::temp_dir().join(format!("rdmq-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut cmd = Process::new(exe);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&dir);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&dir);
+        if let Some(text) = config {
+            let path = dir.join("bench.toml");
+            std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+            cmd.arg("--config").arg(path);
+        }
         if let Some(n) = shards {
             cmd.args(["--shards", &n.to_string()]);
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("spawn rdmq serve: {e}"))?;
+        let mut child =
+            cmd.stdout(Stdio::piped()).spawn().map_err(|e| format!("spawn rdmq serve: {e}"))?;
         let mut line = String::new();
         let stdout = child.stdout.take().expect("piped");
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
+        BufReader::new(stdout).read_line(&mut line).map_err(|e| e.to_string())?;
         let Some(url) = line.trim().strip_prefix("listening ") else {
             let _ = child.kill();
             return Err(format!("spawned server did not start: {line:?}"));
         };
-        Ok(SpawnedServer {
-            url: url.to_string(),
-            child,
-            dir,
-        })
+        Ok(SpawnedServer { url: url.to_string(), child, dir })
     }
 }
 
@@ -325,30 +305,15 @@ impl Peer {
     ) -> Result<Peer, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut cmd = Process::new(exe);
-        cmd.args([
-            "bench-peer",
-            "--role",
-            role,
-            "--url",
-            &ctx.url,
-            "--dest",
-            dest,
-        ])
-        .args([
-            "--count",
-            &count.to_string(),
-            "--size",
-            &ctx.size.to_string(),
-        ])
-        .args(["--credit", &ctx.args.credit.to_string()])
-        .args(extra);
+        cmd.args(["bench-peer", "--role", role, "--url", &ctx.url, "--dest", dest])
+            .args(["--count", &count.to_string(), "--size", &ctx.size.to_string()])
+            .args(["--credit", &ctx.args.credit.to_string()])
+            .args(extra);
         if ctx.args.busy_poll {
             cmd.arg("--busy-poll");
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("spawn bench-peer: {e}"))?;
+        let mut child =
+            cmd.stdout(Stdio::piped()).spawn().map_err(|e| format!("spawn bench-peer: {e}"))?;
         let mut out = BufReader::new(child.stdout.take().expect("piped"));
         let mut line = String::new();
         out.read_line(&mut line).map_err(|e| e.to_string())?;
@@ -387,10 +352,7 @@ struct Progress {
 
 impl Progress {
     fn new(label: &'static str) -> Progress {
-        Progress {
-            label,
-            last: Instant::now(),
-        }
+        Progress { label, last: Instant::now() }
     }
 
     fn tick(&mut self, done: u64, total: u64) {
@@ -416,12 +378,8 @@ fn connect(ctx: &Ctx) -> Result<Connection, String> {
 }
 
 fn declare(conn: &Connection, ctx: &Ctx, queue: &str) -> Result<(), String> {
-    let opts = QueueOptions {
-        durability: ctx.args.durability,
-        ..Default::default()
-    };
-    conn.declare_queue(queue, &opts)
-        .map_err(|e| format!("declare {queue}: {e}"))
+    let opts = QueueOptions { durability: ctx.args.durability, ..Default::default() };
+    conn.declare_queue(queue, &opts).map_err(|e| format!("declare {queue}: {e}"))
 }
 
 fn throughput(ctx: &Ctx, msgs: u64, secs: f64) -> Figures {
@@ -447,18 +405,13 @@ fn pingpong_broker(ctx: &Ctx) -> Result<Figures, String> {
     let total = ctx.count + PINGPONG_WARMUP;
     let ping = format!("{}.ping", ctx.run_id);
     let conn = connect(ctx)?;
-    let mut pong = conn
-        .subscribe(&format!("{ping}.pong"))
-        .map_err(|e| e.to_string())?;
+    let mut pong = conn.subscribe(&format!("{ping}.pong")).map_err(|e| e.to_string())?;
     let peer = Peer::start_n(ctx, "responder", &ping, total, &[])?;
     let mut producer = conn.topic_producer(&ping);
     producer.set_confirms(false);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid");
     let mut buf = Vec::new();
-    let mut f = Figures {
-        verified: true,
-        ..Default::default()
-    };
+    let mut f = Figures { verified: true, ..Default::default() };
     let mut progress = Progress::new("pingpong (broker)");
     let start = Instant::now();
     for i in 0..total {
@@ -466,10 +419,7 @@ fn pingpong_broker(ctx: &Ctx) -> Result<Figures, String> {
         let t = Instant::now();
         producer.send(&buf).map_err(|e| e.to_string())?;
         producer.push().map_err(|e| e.to_string())?;
-        let Some(d) = pong
-            .receive(Some(peer::IDLE_TIMEOUT))
-            .map_err(|e| e.to_string())?
-        else {
+        let Some(d) = pong.receive(Some(peer::IDLE_TIMEOUT)).map_err(|e| e.to_string())? else {
             return Err(format!("pingpong: no reply to {i}"));
         };
         let rtt = t.elapsed().as_nanos() as u64;
@@ -495,14 +445,7 @@ fn pingpong_broker(ctx: &Ctx) -> Result<Figures, String> {
 /// Appends one PUBLISH frame with one record to `out`.
 fn raw_frame(out: &mut Vec<u8>, dest: &str, payload: &[u8]) {
     let mut w = PublishWriter::begin(out, DestKind::Topic, dest, 0);
-    w.push(
-        out,
-        &RecordMeta {
-            timestamp_us: now_ns() / 1000,
-            ..Default::default()
-        },
-        payload,
-    );
+    w.push(out, &RecordMeta { timestamp_us: now_ns() / 1000, ..Default::default() }, payload);
     w.finish(out);
 }
 
@@ -512,10 +455,7 @@ fn pingpong_raw(ctx: &Ctx) -> Result<Figures, String> {
     let mut s = peer.connect()?;
     let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid");
     let (mut buf, mut frame, mut back) = (Vec::new(), Vec::new(), Vec::new());
-    let mut f = Figures {
-        verified: true,
-        ..Default::default()
-    };
+    let mut f = Figures { verified: true, ..Default::default() };
     let start = Instant::now();
     for i in 0..total {
         fill_payload(i, 0, ctx.size, &mut buf);
@@ -524,8 +464,7 @@ fn pingpong_raw(ctx: &Ctx) -> Result<Figures, String> {
         raw_frame(&mut frame, "raw", &buf);
         s.write_all(&frame).map_err(|e| e.to_string())?;
         back.resize(frame.len(), 0);
-        s.read_exact(&mut back)
-            .map_err(|e| format!("raw pingpong: {e}"))?;
+        s.read_exact(&mut back).map_err(|e| format!("raw pingpong: {e}"))?;
         let rtt = t.elapsed().as_nanos() as u64;
         if back != frame {
             f.verified = false;
@@ -626,9 +565,8 @@ fn produce_raw(
     rate: Option<u64>,
 ) -> Result<(), String> {
     let n = streams.len();
-    let mut frames: Vec<Vec<u8>> = (0..n)
-        .map(|_| Vec::with_capacity(RAW_BATCH_BYTES * 2))
-        .collect();
+    let mut frames: Vec<Vec<u8>> =
+        (0..n).map(|_| Vec::with_capacity(RAW_BATCH_BYTES * 2)).collect();
     let mut writers: Vec<Option<PublishWriter>> = (0..n).map(|_| None).collect();
     let mut buf = Vec::new();
     let mut progress = Progress::new("raw");
@@ -641,28 +579,19 @@ fn produce_raw(
             (false, None) => (i, 0),
         };
         fill_payload(seq, stamp, ctx.size, &mut buf);
-        let targets = if deal {
-            (i as usize % n)..(i as usize % n + 1)
-        } else {
-            0..n
-        };
+        let targets = if deal { (i as usize % n)..(i as usize % n + 1) } else { 0..n };
         for t in targets {
             let w = writers[t].get_or_insert_with(|| {
                 PublishWriter::begin(&mut frames[t], DestKind::Queue, "raw", 0)
             });
             w.push(
                 &mut frames[t],
-                &RecordMeta {
-                    timestamp_us: stamp / 1000,
-                    ..Default::default()
-                },
+                &RecordMeta { timestamp_us: stamp / 1000, ..Default::default() },
                 &buf,
             );
             if w.len(&frames[t]) >= RAW_BATCH_BYTES || rate.is_some() {
                 writers[t].take().expect("present").finish(&mut frames[t]);
-                streams[t]
-                    .write_all(&frames[t])
-                    .map_err(|e| format!("raw write: {e}"))?;
+                streams[t].write_all(&frames[t]).map_err(|e| format!("raw write: {e}"))?;
                 frames[t].clear();
             }
         }
@@ -671,9 +600,7 @@ fn produce_raw(
     for t in 0..n {
         if let Some(w) = writers[t].take() {
             w.finish(&mut frames[t]);
-            streams[t]
-                .write_all(&frames[t])
-                .map_err(|e| format!("raw write: {e}"))?;
+            streams[t].write_all(&frames[t]).map_err(|e| format!("raw write: {e}"))?;
         }
     }
     progress.done();
@@ -709,18 +636,11 @@ fn fanout_figures(
     produced_ns: u64,
     peers: Vec<Peer>,
 ) -> Result<Figures, String> {
-    let results = peers
-        .into_iter()
-        .map(Peer::result)
-        .collect::<Result<Vec<_>, _>>()?;
+    let results = peers.into_iter().map(Peer::result).collect::<Result<Vec<_>, _>>()?;
     let secs = start.elapsed().as_secs_f64();
     let delivered: u64 = results.iter().map(|r| r.received).sum();
     let mut f = throughput(ctx, delivered, secs);
-    let last = results
-        .iter()
-        .map(|r| r.finished_ns)
-        .max()
-        .unwrap_or(produced_ns);
+    let last = results.iter().map(|r| r.finished_ns).max().unwrap_or(produced_ns);
     f.slowest_lag_ms = Some(last.saturating_sub(produced_ns) as f64 / 1e6);
     for r in &results {
         merge_peer(&mut f, r);
@@ -732,10 +652,7 @@ fn fanout_raw(ctx: &Ctx) -> Result<Figures, String> {
     let peers = (0..ctx.args.subscribers)
         .map(|_| Peer::start(ctx, "raw-receiver", "raw", &[]))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut streams = peers
-        .iter()
-        .map(Peer::connect)
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut streams = peers.iter().map(Peer::connect).collect::<Result<Vec<_>, _>>()?;
     let start = Instant::now();
     produce_raw(ctx, &mut streams, false, None)?;
     let produced_ns = now_ns();
@@ -782,9 +699,7 @@ fn exactly_once(ctx: &Ctx, paths: &[PathBuf]) -> Result<(), String> {
         let _ = std::fs::remove_file(p);
         for c in bytes.chunks_exact(8) {
             let seq = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-            let slot = seen
-                .get_mut(seq as usize)
-                .ok_or(format!("unknown message {seq}"))?;
+            let slot = seen.get_mut(seq as usize).ok_or(format!("unknown message {seq}"))?;
             if std::mem::replace(slot, true) {
                 return Err(format!("message {seq} delivered twice"));
             }
@@ -802,10 +717,7 @@ fn compete_figures(
     peers: Vec<Peer>,
     paths: &[PathBuf],
 ) -> Result<Figures, String> {
-    let results = peers
-        .into_iter()
-        .map(Peer::result)
-        .collect::<Result<Vec<_>, _>>()?;
+    let results = peers.into_iter().map(Peer::result).collect::<Result<Vec<_>, _>>()?;
     let received: u64 = results.iter().map(|r| r.received).sum();
     let mut f = throughput(ctx, received, start.elapsed().as_secs_f64());
     for r in &results {
@@ -822,36 +734,20 @@ fn compete_broker(ctx: &Ctx) -> Result<Figures, String> {
     let queue = format!("{}.compete", ctx.run_id);
     let conn = connect(ctx)?;
     declare(&conn, ctx, &queue)?;
-    let paths: Vec<PathBuf> = (0..ctx.args.consumers)
-        .map(|i| ids_path(ctx, "broker", i))
-        .collect();
+    let paths: Vec<PathBuf> = (0..ctx.args.consumers).map(|i| ids_path(ctx, "broker", i)).collect();
     let peers = paths
         .iter()
         .map(|p| {
-            Peer::start(
-                ctx,
-                "competitor",
-                &queue,
-                &["--ids-file".into(), p.display().to_string()],
-            )
+            Peer::start(ctx, "competitor", &queue, &["--ids-file".into(), p.display().to_string()])
         })
         .collect::<Result<Vec<_>, _>>()?;
     let start = Instant::now();
-    produce(
-        ctx,
-        &conn,
-        DestKind::Queue,
-        &queue,
-        None,
-        ctx.args.consumers,
-    )?;
+    produce(ctx, &conn, DestKind::Queue, &queue, None, ctx.args.consumers)?;
     compete_figures(ctx, start, peers, &paths)
 }
 
 fn compete_raw(ctx: &Ctx) -> Result<Figures, String> {
-    let paths: Vec<PathBuf> = (0..ctx.args.consumers)
-        .map(|i| ids_path(ctx, "raw", i))
-        .collect();
+    let paths: Vec<PathBuf> = (0..ctx.args.consumers).map(|i| ids_path(ctx, "raw", i)).collect();
     let peers = paths
         .iter()
         .map(|p| {
@@ -863,10 +759,7 @@ fn compete_raw(ctx: &Ctx) -> Result<Figures, String> {
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut streams = peers
-        .iter()
-        .map(Peer::connect)
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut streams = peers.iter().map(Peer::connect).collect::<Result<Vec<_>, _>>()?;
     let start = Instant::now();
     produce_raw(ctx, &mut streams, true, None)?;
     compete_figures(ctx, start, peers, &paths)
@@ -882,18 +775,10 @@ fn shootout_broker(ctx: &Ctx) -> Result<Figures, String> {
     produce(ctx, &conn, DestKind::Queue, &queue, None, 0)?;
     let enqueue = start.elapsed().as_secs_f64();
     let t = Instant::now();
-    let mut c = conn
-        .consume(&queue, ctx.args.credit)
-        .map_err(|e| e.to_string())?;
-    let mut f = Figures {
-        verified: true,
-        ..Default::default()
-    };
+    let mut c = conn.consume(&queue, ctx.args.credit).map_err(|e| e.to_string())?;
+    let mut f = Figures { verified: true, ..Default::default() };
     for i in 0..ctx.count {
-        let Some(d) = c
-            .receive(Some(peer::IDLE_TIMEOUT))
-            .map_err(|e| e.to_string())?
-        else {
+        let Some(d) = c.receive(Some(peer::IDLE_TIMEOUT)).map_err(|e| e.to_string())? else {
             f.verified = false;
             f.error = Some(format!("dequeued {i} of {}", ctx.count));
             break;
@@ -932,17 +817,12 @@ fn shootout_raw(ctx: &Ctx, data_dir: Option<PathBuf>) -> Result<Figures, String>
         let start = Instant::now();
         for i in 0..ctx.count {
             fill_payload(i, 0, ctx.size, &mut buf);
-            file.write_all(&buf)
-                .and_then(|_| file.sync_data())
-                .map_err(|e| e.to_string())?;
+            file.write_all(&buf).and_then(|_| file.sync_data()).map_err(|e| e.to_string())?;
         }
         let enqueue = start.elapsed().as_secs_f64();
         let t = Instant::now();
         let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
-        let mut f = Figures {
-            verified: true,
-            ..Default::default()
-        };
+        let mut f = Figures { verified: true, ..Default::default() };
         for (i, chunk) in bytes.chunks(ctx.size).enumerate() {
             if check_payload(chunk, ctx.size).map(|(s, _)| s) != Ok(i as u64) {
                 f.verified = false;
@@ -960,10 +840,7 @@ fn shootout_raw(ctx: &Ctx, data_dir: Option<PathBuf>) -> Result<Figures, String>
     produce_raw(ctx, &mut s, false, None)?;
     let r = peer.result()?;
     let enqueue = start.elapsed().as_secs_f64();
-    let mut f = Figures {
-        verified: true,
-        ..Default::default()
-    };
+    let mut f = Figures { verified: true, ..Default::default() };
     merge_peer(&mut f, &r);
     let peer = Peer::start(ctx, "raw-receiver", "raw", &[])?;
     let mut s = [peer.connect()?];
@@ -982,10 +859,7 @@ fn print_table(r: &Report) {
         "workload {:?}  transport {}  durability {}  count {}  size {} B",
         r.workload, r.transport, r.durability, r.count, r.size
     );
-    println!(
-        "{:<22}{:>16}{:>16}{:>10}",
-        "", "broker", "raw baseline", "ratio"
-    );
+    println!("{:<22}{:>16}{:>16}{:>10}", "", "broker", "raw baseline", "ratio");
     let row = |name: &str, a: f64, b: f64| {
         let ratio = if b > 0.0 { a / b } else { f64::NAN };
         println!("{name:<22}{a:>16.1}{b:>16.1}{ratio:>10.2}");
@@ -1003,10 +877,8 @@ fn print_table(r: &Report) {
     if let (Some(x), Some(y)) = (b.slowest_lag_ms, raw.slowest_lag_ms) {
         row("slowest lag ms", x, y);
     }
-    for (label, x, y) in [
-        ("rtt", b.rtt_us, raw.rtt_us),
-        ("latency", b.latency_us, raw.latency_us),
-    ] {
+    for (label, x, y) in [("rtt", b.rtt_us, raw.rtt_us), ("latency", b.latency_us, raw.latency_us)]
+    {
         if let (Some(x), Some(y)) = (x, y) {
             row(&format!("{label} p50 us"), x.p50, y.p50);
             row(&format!("{label} p99 us"), x.p99, y.p99);

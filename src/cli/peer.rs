@@ -78,10 +78,7 @@ pub struct PeerResult {
 }
 
 pub fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 /// Writes the bench payload for `seq`: sequence, timestamp, then a pattern derived from both.
@@ -123,12 +120,7 @@ impl Checker {
     fn new(size: usize, latency: bool) -> Checker {
         let hist = latency
             .then(|| Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid bounds"));
-        Checker {
-            size,
-            next: 0,
-            error: None,
-            hist,
-        }
+        Checker { size, next: 0, error: None, hist }
     }
 
     fn see(&mut self, payload: &[u8]) {
@@ -192,10 +184,7 @@ pub fn run(a: PeerArgs) -> Result<(), String> {
         finished_ns: now_ns(),
         ..Default::default()
     });
-    announce(&format!(
-        "result {}",
-        serde_json::to_string(&r).expect("serialisable")
-    ));
+    announce(&format!("result {}", serde_json::to_string(&r).expect("serialisable")));
     Ok(())
 }
 
@@ -223,12 +212,7 @@ fn responder(a: &PeerArgs) -> Result<PeerResult, String> {
         producer.push().map_err(|e| e.to_string())?;
         n += 1;
     }
-    Ok(PeerResult {
-        received: n,
-        verified: true,
-        finished_ns: now_ns(),
-        ..Default::default()
-    })
+    Ok(PeerResult { received: n, verified: true, finished_ns: now_ns(), ..Default::default() })
 }
 
 fn receiver(a: &PeerArgs) -> Result<PeerResult, String> {
@@ -260,10 +244,7 @@ fn receiver(a: &PeerArgs) -> Result<PeerResult, String> {
 
 /// Writes received sequences as little-endian u64s for the parent's exactly-once check.
 fn ids_writer(a: &PeerArgs) -> Result<BufWriter<std::fs::File>, String> {
-    let path = a
-        .ids_file
-        .as_ref()
-        .ok_or("--ids-file is required for this role")?;
+    let path = a.ids_file.as_ref().ok_or("--ids-file is required for this role")?;
     let f = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(BufWriter::new(f))
 }
@@ -273,10 +254,7 @@ fn competitor(a: &PeerArgs) -> Result<PeerResult, String> {
     let mut ids = ids_writer(a)?;
     let mut c = conn.consume(&a.dest, a.credit).map_err(|e| e.to_string())?;
     announce("ready");
-    let mut r = PeerResult {
-        verified: true,
-        ..Default::default()
-    };
+    let mut r = PeerResult { verified: true, ..Default::default() };
     let mut last: Option<u64> = None;
     loop {
         let Some(d) = c.receive(Some(IDLE_TIMEOUT)).map_err(|e| e.to_string())? else {
@@ -294,8 +272,7 @@ fn competitor(a: &PeerArgs) -> Result<PeerResult, String> {
             r.error = Some(format!("message {seq} after {}", last.unwrap_or(0)));
         }
         last = Some(seq);
-        ids.write_all(&seq.to_le_bytes())
-            .map_err(|e| e.to_string())?;
+        ids.write_all(&seq.to_le_bytes()).map_err(|e| e.to_string())?;
         r.received += 1;
     }
     c.close().map_err(|e| e.to_string())?;
@@ -311,8 +288,7 @@ fn accept_one() -> Result<TcpStream, String> {
     announce(&format!("ready {port}"));
     let (s, _) = l.accept().map_err(|e| e.to_string())?;
     s.set_nodelay(true).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(IDLE_TIMEOUT))
-        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(IDLE_TIMEOUT)).map_err(|e| e.to_string())?;
     Ok(s)
 }
 
@@ -349,9 +325,7 @@ pub fn read_batches(
                 buf.resize(buf.len() * 2, 0);
             }
         }
-        let n = s
-            .read(&mut buf[end..])
-            .map_err(|e| format!("raw read: {e}"))?;
+        let n = s.read(&mut buf[end..]).map_err(|e| format!("raw read: {e}"))?;
         if n == 0 {
             return Err("raw sender closed early".into());
         }
@@ -375,22 +349,13 @@ fn echo(a: &PeerArgs) -> Result<PeerResult, String> {
     if let Some(e) = failed {
         return Err(e);
     }
-    Ok(PeerResult {
-        received: n,
-        verified: true,
-        finished_ns: now_ns(),
-        ..Default::default()
-    })
+    Ok(PeerResult { received: n, verified: true, finished_ns: now_ns(), ..Default::default() })
 }
 
 fn raw_receiver(a: &PeerArgs) -> Result<PeerResult, String> {
     let mut s = accept_one()?;
     let mut check = Checker::new(a.size, a.latency);
-    let mut ids = if a.role == Role::RawCompetitor {
-        Some(ids_writer(a)?)
-    } else {
-        None
-    };
+    let mut ids = if a.role == Role::RawCompetitor { Some(ids_writer(a)?) } else { None };
     let mut received = 0u64;
     let mut io_error = None;
     read_batches(&mut s, |batch, _| {
@@ -427,12 +392,7 @@ fn raw_receiver(a: &PeerArgs) -> Result<PeerResult, String> {
         None => Ok(check.result(a.count)),
         Some(mut w) => {
             w.flush().map_err(|e| e.to_string())?;
-            Ok(PeerResult {
-                received,
-                verified: true,
-                finished_ns: now_ns(),
-                ..Default::default()
-            })
+            Ok(PeerResult { received, verified: true, finished_ns: now_ns(), ..Default::default() })
         }
     }
 }

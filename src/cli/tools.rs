@@ -79,9 +79,7 @@ pub fn publish(a: PublishArgs) -> Result<(), String> {
     let mut line = Vec::new();
     loop {
         line.clear();
-        let n = input
-            .read_until(b'\n', &mut line)
-            .map_err(|e| format!("stdin: {e}"))?;
+        let n = input.read_until(b'\n', &mut line).map_err(|e| format!("stdin: {e}"))?;
         if n > 0 {
             if line.last() == Some(&b'\n') {
                 line.pop();
@@ -113,9 +111,7 @@ pub fn publish(a: PublishArgs) -> Result<(), String> {
 
 pub fn consume(a: ConsumeArgs) -> Result<(), String> {
     let conn = Connection::connect(&a.url).map_err(|e| format!("{}: {e}", a.url))?;
-    let mut consumer = conn
-        .consume(&a.queue, a.credit)
-        .map_err(|e| e.to_string())?;
+    let mut consumer = conn.consume(&a.queue, a.credit).map_err(|e| e.to_string())?;
     let timeout = a.timeout_ms.map(Duration::from_millis);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -124,9 +120,7 @@ pub fn consume(a: ConsumeArgs) -> Result<(), String> {
         let Some(d) = consumer.receive(timeout).map_err(|e| e.to_string())? else {
             return finish_on_timeout(got, a.count);
         };
-        out.write_all(d.payload())
-            .and_then(|_| out.write_all(b"\n"))
-            .map_err(|e| e.to_string())?;
+        out.write_all(d.payload()).and_then(|_| out.write_all(b"\n")).map_err(|e| e.to_string())?;
         out.flush().map_err(|e| e.to_string())?;
         if a.ack {
             consumer.ack(&d).map_err(|e| e.to_string())?;
@@ -147,9 +141,7 @@ pub fn subscribe(a: SubscribeArgs) -> Result<(), String> {
         let Some(d) = sub.receive(timeout).map_err(|e| e.to_string())? else {
             return finish_on_timeout(got, a.count);
         };
-        out.write_all(d.payload())
-            .and_then(|_| out.write_all(b"\n"))
-            .map_err(|e| e.to_string())?;
+        out.write_all(d.payload()).and_then(|_| out.write_all(b"\n")).map_err(|e| e.to_string())?;
         out.flush().map_err(|e| e.to_string())?;
         got += 1;
     }

@@ -40,19 +40,14 @@ impl<'a> Acks<'a> {
         let consumer = r.u32()?;
         let count = r.u32()?;
         if count == 0 || count > ACK_TAGS_MAX {
-            return Err(DecodeError::Invalid {
-                offset: 4,
-                what: "tag count",
-            });
+            return Err(DecodeError::Invalid { offset: 4, what: "tag count" });
         }
         let tags = r.bytes(count as usize * 8)?;
         Ok(Acks { consumer, tags })
     }
 
     pub fn tags(&self) -> impl Iterator<Item = u64> + 'a {
-        self.tags
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        self.tags.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
     }
 
     pub fn len(&self) -> usize {
@@ -77,9 +72,7 @@ mod tests {
             Acks::encode(&mut out, op, 1, 9, &[1, 5, u64::MAX]);
             let (h, cmd) = decode_one(&out).unwrap();
             assert_eq!(h.flags, 1);
-            let (Command::Ack(a) | Command::Nack(a) | Command::Reject(a)) = cmd else {
-                panic!()
-            };
+            let (Command::Ack(a) | Command::Nack(a) | Command::Reject(a)) = cmd else { panic!() };
             assert_eq!(a.consumer, 9);
             assert_eq!(a.tags().collect::<Vec<_>>(), vec![1, 5, u64::MAX]);
             assert_truncations_fail(&out);

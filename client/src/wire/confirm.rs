@@ -28,10 +28,7 @@ impl Confirm {
     }
 
     pub fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        Ok(Confirm {
-            position: r.u64()?,
-            count: r.u32()?,
-        })
+        Ok(Confirm { position: r.u64()?, count: r.u32()? })
     }
 }
 
@@ -43,10 +40,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let c = Confirm {
-            position: 1 << 40,
-            count: 9,
-        };
+        let c = Confirm { position: 1 << 40, count: 9 };
         let mut out = Vec::new();
         c.encode(&mut out, 12);
         let (h, cmd) = decode_one(&out).unwrap();

@@ -86,15 +86,10 @@ impl<'a> DeclareQueue<'a> {
     }
 
     pub fn decode(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
-        let durability = Durability::from_u8(r.u8()?).ok_or(DecodeError::Invalid {
-            offset: 0,
-            what: "durability",
-        })?;
+        let durability = Durability::from_u8(r.u8()?)
+            .ok_or(DecodeError::Invalid { offset: 0, what: "durability" })?;
         if r.u8()? != 0 || r.u16()? != 0 {
-            return Err(DecodeError::Invalid {
-                offset: 1,
-                what: "reserved",
-            });
+            return Err(DecodeError::Invalid { offset: 1, what: "reserved" });
         }
         let max_deliveries = r.u32()?;
         let max_length = r.u32()?;
@@ -102,18 +97,9 @@ impl<'a> DeclareQueue<'a> {
         let at = r.position();
         let dead_letter = r.str16()?;
         if dead_letter.len() > NAME_LEN_MAX {
-            return Err(DecodeError::Invalid {
-                offset: at,
-                what: "dead-letter name length",
-            });
+            return Err(DecodeError::Invalid { offset: at, what: "dead-letter name length" });
         }
-        Ok(DeclareQueue {
-            name,
-            durability,
-            max_deliveries,
-            max_length,
-            dead_letter,
-        })
+        Ok(DeclareQueue { name, durability, max_deliveries, max_length, dead_letter })
     }
 }
 
@@ -177,11 +163,7 @@ mod tests {
 
     #[test]
     fn named_round_trips() {
-        for op in [
-            Opcode::DeleteQueue,
-            Opcode::DeclareTopic,
-            Opcode::DeleteTopic,
-        ] {
+        for op in [Opcode::DeleteQueue, Opcode::DeclareTopic, Opcode::DeleteTopic] {
             let mut out = Vec::new();
             Named { name: "a.b" }.encode(&mut out, op, 1);
             let (h, cmd) = decode_one(&out).unwrap();

@@ -52,37 +52,22 @@ impl<'a> Deliver<'a> {
             at += ENTRY_HEADER_LEN + rec.bytes.len();
         }
         if at != entries.len() {
-            return Err(DecodeError::Invalid {
-                offset: at + 8,
-                what: "bytes after last entry",
-            });
+            return Err(DecodeError::Invalid { offset: at + 8, what: "bytes after last entry" });
         }
         Ok(Deliver { id, count, entries })
     }
 
     pub fn entries(&self) -> EntryIter<'a> {
-        EntryIter {
-            buf: self.entries,
-            at: 0,
-        }
+        EntryIter { buf: self.entries, at: 0 }
     }
 }
 
 fn shift(e: DecodeError, by: usize) -> DecodeError {
     match e {
-        DecodeError::Truncated {
-            offset,
-            needed,
-            available,
-        } => DecodeError::Truncated {
-            offset: offset + by,
-            needed,
-            available,
-        },
-        DecodeError::Invalid { offset, what } => DecodeError::Invalid {
-            offset: offset + by,
-            what,
-        },
+        DecodeError::Truncated { offset, needed, available } => {
+            DecodeError::Truncated { offset: offset + by, needed, available }
+        }
+        DecodeError::Invalid { offset, what } => DecodeError::Invalid { offset: offset + by, what },
         other => other,
     }
 }
@@ -105,13 +90,7 @@ impl<'a> Iterator for EntryIter<'a> {
         let record = RecordView::decode(&b[ENTRY_HEADER_LEN..]).ok()?;
         let offset = self.at;
         self.at += ENTRY_HEADER_LEN + record.bytes.len();
-        Some(Entry {
-            tag,
-            delivery_count,
-            flags,
-            record,
-            offset,
-        })
+        Some(Entry { tag, delivery_count, flags, record, offset })
     }
 }
 
@@ -168,23 +147,8 @@ mod tests {
     fn round_trip() {
         let mut batch = Vec::new();
         let mut b = BatchBuilder::begin(&mut batch);
-        b.push(
-            &mut batch,
-            &RecordMeta {
-                id: 1,
-                ..Default::default()
-            },
-            b"one",
-        );
-        b.push(
-            &mut batch,
-            &RecordMeta {
-                id: 2,
-                ttl_ms: 9,
-                ..Default::default()
-            },
-            b"two",
-        );
+        b.push(&mut batch, &RecordMeta { id: 1, ..Default::default() }, b"one");
+        b.push(&mut batch, &RecordMeta { id: 2, ttl_ms: 9, ..Default::default() }, b"two");
         b.finish(&mut batch);
         let view = BatchView::decode(&batch).unwrap();
 
@@ -199,19 +163,9 @@ mod tests {
         assert_eq!((d.id, d.count), (3, 2));
         let got: Vec<_> = d
             .entries()
-            .map(|e| {
-                (
-                    e.tag,
-                    e.delivery_count,
-                    e.flags,
-                    e.record.payload().to_vec(),
-                )
-            })
+            .map(|e| (e.tag, e.delivery_count, e.flags, e.record.payload().to_vec()))
             .collect();
-        assert_eq!(
-            got,
-            vec![(100, 1, 0, b"one".to_vec()), (101, 2, 1, b"two".to_vec())]
-        );
+        assert_eq!(got, vec![(100, 1, 0, b"one".to_vec()), (101, 2, 1, b"two".to_vec())]);
         assert_truncations_fail(&out);
     }
 

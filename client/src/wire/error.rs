@@ -44,10 +44,7 @@ impl<'a> ErrorFrame<'a> {
     pub fn decode(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
         let code = r.u16()?;
         r.u16()?;
-        Ok(ErrorFrame {
-            code,
-            message: r.str16()?,
-        })
+        Ok(ErrorFrame { code, message: r.str16()? })
     }
 
     /// Whether the server closes the connection after this error.
@@ -81,10 +78,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let e = ErrorFrame {
-            code: code::NOT_FOUND,
-            message: "no queue \"x\"",
-        };
+        let e = ErrorFrame { code: code::NOT_FOUND, message: "no queue \"x\"" };
         let mut out = Vec::new();
         e.encode(&mut out, 4);
         assert_eq!(decode_one(&out).unwrap().1, Command::Error(e));

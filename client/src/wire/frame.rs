@@ -117,16 +117,10 @@ impl FrameHeader {
             request_id: r.u64()?,
         };
         if h.length as usize > body_max {
-            return Err(DecodeError::Invalid {
-                offset: 0,
-                what: "frame length above maximum",
-            });
+            return Err(DecodeError::Invalid { offset: 0, what: "frame length above maximum" });
         }
         if h.reserved != 0 {
-            return Err(DecodeError::Invalid {
-                offset: 6,
-                what: "reserved header field",
-            });
+            return Err(DecodeError::Invalid { offset: 6, what: "reserved header field" });
         }
         Ok(h)
     }
@@ -138,13 +132,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let h = FrameHeader {
-            length: 7,
-            opcode: 0x20,
-            flags: 1,
-            reserved: 0,
-            request_id: 9,
-        };
+        let h = FrameHeader { length: 7, opcode: 0x20, flags: 1, reserved: 0, request_id: 9 };
         let mut out = Vec::new();
         h.put(&mut out);
         assert_eq!(out.len(), FRAME_HEADER_LEN);
@@ -153,26 +141,13 @@ mod tests {
 
     #[test]
     fn rejects_oversized_and_short() {
-        let h = FrameHeader {
-            length: 100,
-            opcode: 1,
-            flags: 0,
-            reserved: 0,
-            request_id: 0,
-        };
+        let h = FrameHeader { length: 100, opcode: 1, flags: 0, reserved: 0, request_id: 0 };
         let mut out = Vec::new();
         h.put(&mut out);
-        assert!(matches!(
-            FrameHeader::decode(&out, 99),
-            Err(DecodeError::Invalid { .. })
-        ));
+        assert!(matches!(FrameHeader::decode(&out, 99), Err(DecodeError::Invalid { .. })));
         assert!(matches!(
             FrameHeader::decode(&out[..10], 1000),
-            Err(DecodeError::Truncated {
-                offset: 8,
-                needed: 8,
-                available: 2
-            })
+            Err(DecodeError::Truncated { offset: 8, needed: 8, available: 2 })
         ));
         out[6] = 1;
         assert!(FrameHeader::decode(&out, 1000).is_err());

@@ -38,21 +38,11 @@ impl<'a> Hello<'a> {
 
     pub fn decode(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
         if r.u32()? != MAGIC {
-            return Err(DecodeError::Invalid {
-                offset: 0,
-                what: "magic",
-            });
+            return Err(DecodeError::Invalid { offset: 0, what: "magic" });
         }
-        let hello = Hello {
-            version_min: r.u16()?,
-            version_max: r.u16()?,
-            client_name: r.str16()?,
-        };
+        let hello = Hello { version_min: r.u16()?, version_max: r.u16()?, client_name: r.str16()? };
         if hello.version_min > hello.version_max {
-            return Err(DecodeError::Invalid {
-                offset: 4,
-                what: "version range",
-            });
+            return Err(DecodeError::Invalid { offset: 4, what: "version range" });
         }
         Ok(hello)
     }
@@ -84,10 +74,7 @@ impl<'a> Welcome<'a> {
         let shard = r.u16()?;
         let shard_count = r.u16()?;
         if r.u16()? != 0 {
-            return Err(DecodeError::Invalid {
-                offset: 6,
-                what: "reserved",
-            });
+            return Err(DecodeError::Invalid { offset: 6, what: "reserved" });
         }
         Ok(Welcome {
             version,
@@ -107,11 +94,7 @@ mod tests {
 
     #[test]
     fn hello_round_trip() {
-        let h = Hello {
-            version_min: 1,
-            version_max: 3,
-            client_name: "tëst",
-        };
+        let h = Hello { version_min: 1, version_max: 3, client_name: "tëst" };
         let mut out = Vec::new();
         h.encode(&mut out, 5);
         let (hdr, cmd) = decode_one(&out).unwrap();
@@ -123,33 +106,18 @@ mod tests {
     #[test]
     fn hello_bad_magic_and_range() {
         let mut out = Vec::new();
-        Hello {
-            version_min: 2,
-            version_max: 1,
-            client_name: "",
-        }
-        .encode(&mut out, 0);
+        Hello { version_min: 2, version_max: 1, client_name: "" }.encode(&mut out, 0);
         assert!(decode_one(&out).is_err());
         let mut out = Vec::new();
-        Hello {
-            version_min: 1,
-            version_max: 1,
-            client_name: "",
-        }
-        .encode(&mut out, 0);
+        Hello { version_min: 1, version_max: 1, client_name: "" }.encode(&mut out, 0);
         out[16] = b'X';
         assert!(decode_one(&out).is_err());
     }
 
     #[test]
     fn welcome_round_trip() {
-        let w = Welcome {
-            version: 1,
-            shard: 1,
-            shard_count: 2,
-            frame_body_max: 99,
-            server_name: "s",
-        };
+        let w =
+            Welcome { version: 1, shard: 1, shard_count: 2, frame_body_max: 99, server_name: "s" };
         let mut out = Vec::new();
         w.encode(&mut out, 5);
         assert_eq!(decode_one(&out).unwrap().1, Command::Welcome(w));

@@ -33,11 +33,7 @@ pub const NAME_LEN_MAX: usize = 255;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
     /// A read ran past the end: `needed` bytes at `offset`, only `available` there.
-    Truncated {
-        offset: usize,
-        needed: usize,
-        available: usize,
-    },
+    Truncated { offset: usize, needed: usize, available: usize },
     /// A field holds a value the protocol does not allow.
     Invalid { offset: usize, what: &'static str },
     /// The opcode byte names no command.
@@ -49,21 +45,14 @@ pub enum DecodeError {
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DecodeError::Truncated {
-                offset,
-                needed,
-                available,
-            } => write!(
+            DecodeError::Truncated { offset, needed, available } => write!(
                 f,
                 "truncated: needed {needed} bytes at offset {offset}, {available} available"
             ),
             DecodeError::Invalid { offset, what } => write!(f, "invalid {what} at offset {offset}"),
             DecodeError::UnknownOpcode(op) => write!(f, "unknown opcode 0x{op:02x}"),
             DecodeError::Checksum { expected, actual } => {
-                write!(
-                    f,
-                    "batch checksum mismatch: header 0x{expected:08x}, data 0x{actual:08x}"
-                )
+                write!(f, "batch checksum mismatch: header 0x{expected:08x}, data 0x{actual:08x}")
             }
         }
     }
@@ -116,21 +105,15 @@ impl<'a> Reader<'a> {
     }
 
     pub fn u16(&mut self) -> Result<u16, DecodeError> {
-        Ok(u16::from_le_bytes(
-            self.bytes(2)?.try_into().expect("2 bytes"),
-        ))
+        Ok(u16::from_le_bytes(self.bytes(2)?.try_into().expect("2 bytes")))
     }
 
     pub fn u32(&mut self) -> Result<u32, DecodeError> {
-        Ok(u32::from_le_bytes(
-            self.bytes(4)?.try_into().expect("4 bytes"),
-        ))
+        Ok(u32::from_le_bytes(self.bytes(4)?.try_into().expect("4 bytes")))
     }
 
     pub fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_le_bytes(
-            self.bytes(8)?.try_into().expect("8 bytes"),
-        ))
+        Ok(u64::from_le_bytes(self.bytes(8)?.try_into().expect("8 bytes")))
     }
 
     /// A `u16`-length-prefixed UTF-8 string.
@@ -138,10 +121,7 @@ impl<'a> Reader<'a> {
         let len = self.u16()? as usize;
         let at = self.pos;
         let raw = self.bytes(len)?;
-        std::str::from_utf8(raw).map_err(|_| DecodeError::Invalid {
-            offset: at,
-            what: "utf-8",
-        })
+        std::str::from_utf8(raw).map_err(|_| DecodeError::Invalid { offset: at, what: "utf-8" })
     }
 
     /// A destination name: a non-empty string of at most [`NAME_LEN_MAX`] bytes.
@@ -149,10 +129,7 @@ impl<'a> Reader<'a> {
         let at = self.pos;
         let name = self.str16()?;
         if name.is_empty() || name.len() > NAME_LEN_MAX {
-            return Err(DecodeError::Invalid {
-                offset: at,
-                what: "destination name length",
-            });
+            return Err(DecodeError::Invalid { offset: at, what: "destination name length" });
         }
         Ok(name)
     }
@@ -160,10 +137,7 @@ impl<'a> Reader<'a> {
     /// Fails unless every byte was consumed: trailing garbage is a malformed frame.
     pub fn finish(&self) -> Result<(), DecodeError> {
         if self.remaining() != 0 {
-            return Err(DecodeError::Invalid {
-                offset: self.pos,
-                what: "trailing bytes",
-            });
+            return Err(DecodeError::Invalid { offset: self.pos, what: "trailing bytes" });
         }
         Ok(())
     }
@@ -179,14 +153,7 @@ pub fn put_str16(out: &mut Vec<u8>, s: &str) {
 /// Starts a frame: writes a header with a zero length and returns its offset for [`end_frame`].
 pub fn begin_frame(out: &mut Vec<u8>, opcode: Opcode, flags: u8, request_id: u64) -> usize {
     let at = out.len();
-    FrameHeader {
-        length: 0,
-        opcode: opcode as u8,
-        flags,
-        reserved: 0,
-        request_id,
-    }
-    .put(out);
+    FrameHeader { length: 0, opcode: opcode as u8, flags, reserved: 0, request_id }.put(out);
     at
 }
 
@@ -282,10 +249,7 @@ pub(crate) mod test_util {
         let h = FrameHeader::decode(&frame[..FRAME_HEADER_LEN], usize::MAX).unwrap();
         let body = &frame[FRAME_HEADER_LEN..];
         for n in 0..body.len() {
-            assert!(
-                decode(&h, &body[..n]).is_err(),
-                "prefix of {n} bytes decoded"
-            );
+            assert!(decode(&h, &body[..n]).is_err(), "prefix of {n} bytes decoded");
         }
     }
 }

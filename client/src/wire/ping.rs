@@ -37,16 +37,10 @@ mod tests {
     fn round_trip() {
         let mut out = Vec::new();
         Ping { token: 42 }.encode(&mut out, 1, false);
-        assert_eq!(
-            decode_one(&out).unwrap().1,
-            Command::Ping(Ping { token: 42 })
-        );
+        assert_eq!(decode_one(&out).unwrap().1, Command::Ping(Ping { token: 42 }));
         assert_truncations_fail(&out);
         let mut out = Vec::new();
         Ping { token: 43 }.encode(&mut out, 1, true);
-        assert_eq!(
-            decode_one(&out).unwrap().1,
-            Command::Pong(Ping { token: 43 })
-        );
+        assert_eq!(decode_one(&out).unwrap().1, Command::Pong(Ping { token: 43 }));
     }
 }

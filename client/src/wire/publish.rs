@@ -36,43 +36,23 @@ impl<'a> Publish<'a> {
         let kind = match r.u8()? {
             0 => DestKind::Queue,
             1 => DestKind::Topic,
-            _ => {
-                return Err(DecodeError::Invalid {
-                    offset: 0,
-                    what: "destination kind",
-                })
-            }
+            _ => return Err(DecodeError::Invalid { offset: 0, what: "destination kind" }),
         };
         if r.u8()? != 0 {
-            return Err(DecodeError::Invalid {
-                offset: 1,
-                what: "reserved",
-            });
+            return Err(DecodeError::Invalid { offset: 1, what: "reserved" });
         }
         let name = r.name()?;
         let batch_offset = r.position();
         let batch = BatchView::decode(r.rest()).map_err(|e| match e {
-            DecodeError::Truncated {
-                offset,
-                needed,
-                available,
-            } => DecodeError::Truncated {
-                offset: offset + batch_offset,
-                needed,
-                available,
-            },
-            DecodeError::Invalid { offset, what } => DecodeError::Invalid {
-                offset: offset + batch_offset,
-                what,
-            },
+            DecodeError::Truncated { offset, needed, available } => {
+                DecodeError::Truncated { offset: offset + batch_offset, needed, available }
+            }
+            DecodeError::Invalid { offset, what } => {
+                DecodeError::Invalid { offset: offset + batch_offset, what }
+            }
             other => other,
         })?;
-        Ok(Publish {
-            kind,
-            name,
-            batch,
-            batch_offset,
-        })
+        Ok(Publish { kind, name, batch, batch_offset })
     }
 }
 
@@ -99,10 +79,7 @@ impl PublishWriter {
         out.push(kind as u8);
         out.push(0);
         put_str16(out, name);
-        PublishWriter {
-            frame_at,
-            batch: BatchBuilder::begin(out),
-        }
+        PublishWriter { frame_at, batch: BatchBuilder::begin(out) }
     }
 
     pub fn push(&mut self, out: &mut Vec<u8>, meta: &RecordMeta<'_>, payload: &[u8]) {
@@ -138,14 +115,7 @@ mod tests {
         let mut out = Vec::new();
         let mut w = PublishWriter::begin(&mut out, DestKind::Topic, "a.b.c", 77);
         for i in 0..3u8 {
-            w.push(
-                &mut out,
-                &RecordMeta {
-                    id: i as u64,
-                    ..Default::default()
-                },
-                &[i; 10],
-            );
+            w.push(&mut out, &RecordMeta { id: i as u64, ..Default::default() }, &[i; 10]);
         }
         w.finish(&mut out);
         out
@@ -156,18 +126,9 @@ mod tests {
         let out = frame();
         let (h, cmd) = decode_one(&out).unwrap();
         assert_eq!(h.request_id, 77);
-        let Command::Publish(p) = cmd else {
-            panic!("{cmd:?}")
-        };
-        assert_eq!(
-            (p.kind, p.name, p.batch.count),
-            (DestKind::Topic, "a.b.c", 3)
-        );
-        let payloads: Vec<_> = p
-            .batch
-            .records()
-            .map(|(_, r)| r.payload().to_vec())
-            .collect();
+        let Command::Publish(p) = cmd else { panic!("{cmd:?}") };
+        assert_eq!((p.kind, p.name, p.batch.count), (DestKind::Topic, "a.b.c", 3));
+        let payloads: Vec<_> = p.batch.records().map(|(_, r)| r.payload().to_vec()).collect();
         assert_eq!(payloads, vec![vec![0; 10], vec![1; 10], vec![2; 10]]);
         assert_truncations_fail(&out);
     }
@@ -177,10 +138,7 @@ mod tests {
         let mut out = frame();
         let n = out.len();
         out[n - 1] ^= 1;
-        assert!(matches!(
-            decode_one(&out),
-            Err(DecodeError::Checksum { .. })
-        ));
+        assert!(matches!(decode_one(&out), Err(DecodeError::Checksum { .. })));
     }
 
     #[test]

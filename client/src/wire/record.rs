@@ -96,10 +96,7 @@ impl<'a> RecordView<'a> {
             + header.headers_len as u64
             + header.payload_len as u64;
         if parts != header.len as u64 {
-            return Err(DecodeError::Invalid {
-                offset: 0,
-                what: "record length",
-            });
+            return Err(DecodeError::Invalid { offset: 0, what: "record length" });
         }
         if buf.len() < header.len as usize {
             return Err(DecodeError::Truncated {
@@ -108,10 +105,7 @@ impl<'a> RecordView<'a> {
                 available: buf.len(),
             });
         }
-        let view = RecordView {
-            header,
-            bytes: &buf[..header.len as usize],
-        };
+        let view = RecordView { header, bytes: &buf[..header.len as usize] };
         view.check_headers()?;
         Ok(view)
     }
@@ -141,10 +135,7 @@ impl<'a> RecordView<'a> {
 
     /// Key/value headers in the order the producer wrote them.
     pub fn headers(&self) -> HeaderIter<'a> {
-        HeaderIter {
-            r: Reader::new(self.headers_raw()),
-            left: self.header.header_count,
-        }
+        HeaderIter { r: Reader::new(self.headers_raw()), left: self.header.header_count }
     }
 
     fn check_headers(&self) -> Result<(), DecodeError> {
@@ -198,39 +189,23 @@ impl<'a> BatchView<'a> {
         let count = r.u32()?;
         let attributes = r.u32()?;
         if batch_len != buf.len() {
-            return Err(DecodeError::Invalid {
-                offset: 0,
-                what: "batch length",
-            });
+            return Err(DecodeError::Invalid { offset: 0, what: "batch length" });
         }
         if attributes != 0 {
-            return Err(DecodeError::Invalid {
-                offset: 20,
-                what: "batch attributes",
-            });
+            return Err(DecodeError::Invalid { offset: 20, what: "batch attributes" });
         }
         let actual = crc32c::crc32c(&buf[CRC_START..]);
         if actual != crc {
-            return Err(DecodeError::Checksum {
-                expected: crc,
-                actual,
-            });
+            return Err(DecodeError::Checksum { expected: crc, actual });
         }
-        let view = BatchView {
-            base_seq,
-            count,
-            bytes: buf,
-        };
+        let view = BatchView { base_seq, count, bytes: buf };
         let mut at = BATCH_HEADER_LEN;
         for _ in 0..count {
             let rec = RecordView::decode(&buf[at..]).map_err(|e| shift(e, at))?;
             at += rec.bytes.len();
         }
         if at != buf.len() {
-            return Err(DecodeError::Invalid {
-                offset: at,
-                what: "bytes after last record",
-            });
+            return Err(DecodeError::Invalid { offset: at, what: "bytes after last record" });
         }
         Ok(view)
     }
@@ -240,37 +215,21 @@ impl<'a> BatchView<'a> {
     pub fn trusted(buf: &'a [u8]) -> BatchView<'a> {
         let count = u32::from_le_bytes(buf[16..20].try_into().expect("4 bytes"));
         let base_seq = u64::from_le_bytes(buf[8..16].try_into().expect("8 bytes"));
-        BatchView {
-            base_seq,
-            count,
-            bytes: buf,
-        }
+        BatchView { base_seq, count, bytes: buf }
     }
 
     /// Records of an already validated batch, with each record's offset in the batch.
     pub fn records(&self) -> RecordIter<'a> {
-        RecordIter {
-            buf: self.bytes,
-            at: BATCH_HEADER_LEN,
-        }
+        RecordIter { buf: self.bytes, at: BATCH_HEADER_LEN }
     }
 }
 
 fn shift(e: DecodeError, by: usize) -> DecodeError {
     match e {
-        DecodeError::Truncated {
-            offset,
-            needed,
-            available,
-        } => DecodeError::Truncated {
-            offset: offset + by,
-            needed,
-            available,
-        },
-        DecodeError::Invalid { offset, what } => DecodeError::Invalid {
-            offset: offset + by,
-            what,
-        },
+        DecodeError::Truncated { offset, needed, available } => {
+            DecodeError::Truncated { offset: offset + by, needed, available }
+        }
+        DecodeError::Invalid { offset, what } => DecodeError::Invalid { offset: offset + by, what },
         other => other,
     }
 }
@@ -338,11 +297,8 @@ impl BatchBuilder {
 
     /// Appends one record. Panics if a field exceeds its length type (caller's bug).
     pub fn push(&mut self, out: &mut Vec<u8>, meta: &RecordMeta<'_>, payload: &[u8]) {
-        let headers_len: usize = meta
-            .headers
-            .iter()
-            .map(|(k, v)| 4 + k.len() + v.len())
-            .sum::<usize>();
+        let headers_len: usize =
+            meta.headers.iter().map(|(k, v)| 4 + k.len() + v.len()).sum::<usize>();
         let len = RECORD_HEADER_LEN
             + meta.correlation_id.len()
             + meta.reply_to.len()
@@ -447,10 +403,7 @@ mod tests {
     fn every_truncation_is_caught() {
         let buf = sample();
         for n in 0..buf.len() {
-            assert!(
-                BatchView::decode(&buf[..n]).is_err(),
-                "truncation to {n} accepted"
-            );
+            assert!(BatchView::decode(&buf[..n]).is_err(), "truncation to {n} accepted");
         }
     }
 
@@ -463,9 +416,6 @@ mod tests {
         buf[at..at + 4].copy_from_slice(&(pl + 1).to_le_bytes());
         let crc = crc32c::crc32c(&buf[CRC_START..]);
         buf[4..8].copy_from_slice(&crc.to_le_bytes());
-        assert!(matches!(
-            BatchView::decode(&buf),
-            Err(DecodeError::Invalid { .. })
-        ));
+        assert!(matches!(BatchView::decode(&buf), Err(DecodeError::Invalid { .. })));
     }
 }

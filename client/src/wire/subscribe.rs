@@ -34,10 +34,7 @@ impl<'a> Subscribe<'a> {
     }
 
     pub fn decode(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
-        Ok(Subscribe {
-            id: r.u32()?,
-            pattern: r.name()?,
-        })
+        Ok(Subscribe { id: r.u32()?, pattern: r.name()? })
     }
 }
 
@@ -61,16 +58,9 @@ impl<'a> Consume<'a> {
         let id = r.u32()?;
         let credit = r.u32()?;
         if credit == 0 {
-            return Err(DecodeError::Invalid {
-                offset: 4,
-                what: "credit of zero",
-            });
+            return Err(DecodeError::Invalid { offset: 4, what: "credit of zero" });
         }
-        Ok(Consume {
-            id,
-            credit,
-            queue: r.name()?,
-        })
+        Ok(Consume { id, credit, queue: r.name()? })
     }
 }
 
@@ -100,42 +90,27 @@ mod tests {
     #[test]
     fn round_trips() {
         let mut out = Vec::new();
-        let s = Subscribe {
-            id: 4,
-            pattern: "a.*.#",
-        };
+        let s = Subscribe { id: 4, pattern: "a.*.#" };
         s.encode(&mut out, 1);
         assert_eq!(decode_one(&out).unwrap().1, Command::Subscribe(s));
         assert_truncations_fail(&out);
 
         let mut out = Vec::new();
-        let c = Consume {
-            id: 5,
-            credit: 100,
-            queue: "q",
-        };
+        let c = Consume { id: 5, credit: 100, queue: "q" };
         c.encode(&mut out, 2);
         assert_eq!(decode_one(&out).unwrap().1, Command::Consume(c));
         assert_truncations_fail(&out);
 
         let mut out = Vec::new();
         Unsubscribe { id: 5 }.encode(&mut out, 3);
-        assert_eq!(
-            decode_one(&out).unwrap().1,
-            Command::Unsubscribe(Unsubscribe { id: 5 })
-        );
+        assert_eq!(decode_one(&out).unwrap().1, Command::Unsubscribe(Unsubscribe { id: 5 }));
         assert_truncations_fail(&out);
     }
 
     #[test]
     fn zero_credit_rejected() {
         let mut out = Vec::new();
-        Consume {
-            id: 5,
-            credit: 0,
-            queue: "q",
-        }
-        .encode(&mut out, 2);
+        Consume { id: 5, credit: 0, queue: "q" }.encode(&mut out, 2);
         assert!(decode_one(&out).is_err());
     }
 }
