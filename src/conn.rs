@@ -13,8 +13,11 @@ use crate::broker::MsgRef;
 use rdmq_client::wire::deliver::DeliverWriter;
 
 /// Entries per DELIVER frame written from a topic buffer: large enough to amortise the frame
-/// header, small enough that one frame never approaches a client's frame limit.
+/// header.
 pub const TOPIC_DELIVER_BATCH: usize = 1024;
+/// Bytes per DELIVER frame written from a topic buffer: a frame is cut before it would pass
+/// this (it always holds at least one record, and a record always fits a client's limit).
+pub const TOPIC_DELIVER_BYTES: usize = 1 << 20;
 
 /// A topic subscription's bounded buffer.
 #[derive(Default)]
@@ -28,6 +31,7 @@ pub struct Conn {
     pub generation: u32,
     pub handshaken: bool,
     pub closing: bool,
+    pub closing_since_ms: u64,
     pub flush_on_close: bool,
     pub close_reason: String,
     pub recv_armed: bool,
@@ -53,6 +57,7 @@ impl Conn {
             generation,
             handshaken: false,
             closing: false,
+            closing_since_ms: 0,
             flush_on_close: false,
             close_reason: String::new(),
             recv_armed: true,
@@ -81,9 +86,15 @@ impl Conn {
         let mut written = 0;
         for (&id, sub) in self.subs.iter_mut() {
             while !sub.pending.is_empty() && self.out.len() < high_water {
+                let frame_start = self.out.len();
                 let mut w = DeliverWriter::begin(&mut self.out, id);
-                for m in sub.pending.drain(..sub.pending.len().min(TOPIC_DELIVER_BATCH)) {
+                while let Some(m) = sub.pending.front() {
+                    let full = self.out.len() - frame_start + m.bytes().len() > TOPIC_DELIVER_BYTES;
+                    if w.count() as usize == TOPIC_DELIVER_BATCH || (w.count() > 0 && full) {
+                        break;
+                    }
                     w.push(&mut self.out, 0, 1, 0, m.bytes());
+                    sub.pending.pop_front();
                 }
                 written += w.count() as usize;
                 w.finish(&mut self.out);

@@ -364,7 +364,11 @@ impl Shard {
         let mut w = DeliverWriter::begin(&mut conn.out, key.id);
         let mut frame_start = conn.out.len();
         for m in &msgs {
-            if conn.out.len() - frame_start > DELIVER_FRAME_BYTES {
+            // Cut before a record would take the frame past the bound (a frame always holds at
+            // least one record; a record is never larger than a client's frame limit).
+            if w.count() > 0
+                && conn.out.len() - frame_start + m.rec.bytes().len() > DELIVER_FRAME_BYTES
+            {
                 w.finish(&mut conn.out);
                 frame_start = conn.out.len();
                 w = DeliverWriter::begin(&mut conn.out, key.id);
@@ -381,6 +385,10 @@ impl Shard {
         let Some(conn) = self.conn(to.slot, to.generation) else {
             return;
         };
+        if conn.closing {
+            // Nothing may follow a connection-level ERROR on the wire.
+            return;
+        }
         if let Some(id) = conn.pending_consume.remove(&to.request_id) {
             if matches!(kind, ReplyKind::Error { .. }) {
                 conn.consumers.remove(&id);

@@ -25,3 +25,8 @@ pub use server::Server;
 pub fn install_signal_handlers() {
     sys::install_termination_handler();
 }
+
+/// Asks every shard loop to stop, as SIGTERM does.
+pub fn request_shutdown() {
+    sys::request_termination();
+}

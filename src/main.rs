@@ -96,6 +96,12 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         cfg.pin_threads = false;
     }
     rdmq::install_signal_handlers();
+    // A panicking shard (a broken invariant) takes the whole server down, not just its thread.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        rdmq::request_shutdown();
+    }));
     let data_dir = cfg.data_dir.clone();
     let server = rdmq::Server::start(cfg)?;
     eprintln!(

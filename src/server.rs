@@ -50,11 +50,11 @@ impl Server {
         let mut senders: Vec<Vec<Option<Sender<Vec<Event>>>>> =
             (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
         let mut receivers: Vec<Vec<Receiver<Vec<Event>>>> = (0..n).map(|_| Vec::new()).collect();
-        for from in 0..n {
+        for (from, outboxes) in senders.iter_mut().enumerate() {
             for (to, inbox) in receivers.iter_mut().enumerate() {
                 if from != to {
                     let (tx, rx) = mailbox(cfg.mailbox_slots);
-                    senders[from][to] = Some(tx);
+                    outboxes[to] = Some(tx);
                     inbox.push(rx);
                 }
             }
@@ -82,7 +82,14 @@ impl Server {
                             eprintln!("rdmq: shard {id}: cannot pin to cpu {cpu}: {e}");
                         }
                     }
-                    Shard::new(init)?.run()
+                    let result = Shard::new(init).and_then(Shard::run);
+                    if let Err(e) = &result {
+                        // One shard down means the server is down: stop the others now rather
+                        // than let their mailboxes to it fill.
+                        eprintln!("rdmq: shard {id} failed: {e}");
+                        sys::request_termination();
+                    }
+                    result
                 })
                 .map_err(|e| format!("cannot spawn shard thread: {e}"))?;
             threads.push(t);

@@ -38,6 +38,9 @@ const MAILBOX_SLOTS_PER_PASS: usize = 64;
 const SQ_ENTRIES: u32 = 4096;
 /// Longest sleep in the ring: bounds how late TTL expiry and shutdown are noticed.
 const HOUSEKEEPING_TICK: Duration = Duration::from_millis(100);
+/// How long a closing connection may take to write its final ERROR frame before the socket is
+/// shut down under it: a peer that stopped reading must not pin a slot forever.
+const CLOSE_LINGER_MS: u64 = 5_000;
 
 /// Operation kinds in the top byte of a completion's user data.
 pub mod op {
@@ -91,6 +94,7 @@ pub struct Shard {
     wake_buf: Box<u64>,
     completions: Vec<Completion>,
     pub now_ms: u64,
+    housekeeping_ms: u64,
     start: Instant,
 }
 
@@ -133,6 +137,7 @@ impl Shard {
             wake_buf: Box::new(0),
             completions: Vec::with_capacity(COMPLETIONS_PER_PASS),
             now_ms: 0,
+            housekeeping_ms: 0,
             start: Instant::now(),
             cfg,
         })
@@ -165,6 +170,10 @@ impl Shard {
     /// One pass of the loop; returns the amount of work done.
     fn pass(&mut self) -> std::io::Result<usize> {
         self.now_ms = self.start.elapsed().as_millis() as u64;
+        if self.now_ms >= self.housekeeping_ms + HOUSEKEEPING_TICK.as_millis() as u64 {
+            self.housekeeping_ms = self.now_ms;
+            self.housekeeping();
+        }
         let mut work = self.drain_mailboxes();
         self.completions.clear();
         self.ring.reap(&mut self.completions, COMPLETIONS_PER_PASS);
@@ -179,6 +188,8 @@ impl Shard {
         work += self.apply_local();
         self.flush_conns();
         self.flush_mailboxes();
+        // Events held back by a full mailbox are work: retry next pass instead of sleeping.
+        work += self.staged.iter().map(Vec::len).sum::<usize>();
         self.ring.submit()?;
         Ok(work)
     }
@@ -186,6 +197,10 @@ impl Shard {
     fn sleep(&mut self) -> std::io::Result<()> {
         let ctl = &self.ctls[self.id as usize];
         ctl.sleeping.store(true, Ordering::SeqCst);
+        // Pairs with the fence in `flush_mailboxes`: either the peer sees `sleeping` and signals,
+        // or this look sees its push (Dekker's handshake; the mailbox's own orderings are only
+        // acquire/release, which would let both sides miss each other).
+        std::sync::atomic::fence(Ordering::SeqCst);
         // A peer that pushed before seeing `sleeping` did not signal: look once more.
         let pending = self.inbox.iter().any(|r| !r.is_empty()) || self.ring.has_completions();
         if !pending {
@@ -193,10 +208,27 @@ impl Shard {
         }
         ctl.sleeping.store(false, Ordering::SeqCst);
         self.now_ms = self.start.elapsed().as_millis() as u64;
-        for q in self.queues.values_mut() {
-            q.expire(self.now_ms);
-        }
+        self.housekeeping();
         Ok(())
+    }
+
+    /// Work that only needs doing now and then: expiring messages nobody consumes, and giving
+    /// up on closing connections whose peer stopped reading their last output.
+    fn housekeeping(&mut self) {
+        for q in self.queues.values_mut() {
+            let before = q.stats.expired;
+            q.expire(self.now_ms);
+            metrics::add(&self.metrics.expired, q.stats.expired - before);
+        }
+        let now = self.now_ms;
+        for conn in self.conns.iter_mut().flatten() {
+            if conn.closing && conn.send_inflight && now >= conn.closing_since_ms + CLOSE_LINGER_MS
+            {
+                // The in-flight send then fails, its completion frees the slot.
+                sys::shutdown(conn.fd);
+                conn.flush_on_close = false;
+            }
+        }
     }
 
     fn arm_wake(&mut self) {
@@ -232,6 +264,7 @@ impl Shard {
             let batch = std::mem::take(&mut self.staged[peer]);
             match tx.push(batch) {
                 Ok(()) => {
+                    std::sync::atomic::fence(Ordering::SeqCst);
                     if self.ctls[peer].sleeping.load(Ordering::SeqCst) {
                         sys::eventfd_signal(self.ctls[peer].eventfd.as_raw_fd());
                     }
@@ -459,6 +492,7 @@ impl Shard {
             return;
         }
         conn.closing = true;
+        conn.closing_since_ms = self.now_ms;
         conn.flush_on_close = flush;
         if !flush {
             conn.out.clear();

@@ -126,6 +126,12 @@ pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Shuts a socket down in both directions so operations pending on it fail promptly.
+pub fn shutdown(fd: RawFd) {
+    // SAFETY: shutdown(2) on a descriptor the caller owns; errors (already closed) are harmless.
+    let _ = unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
 /// A non-blocking eventfd: the way one shard wakes another that sleeps in its ring.
 pub fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: eventfd(2) with constant flags; the result is checked.

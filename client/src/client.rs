@@ -163,6 +163,8 @@ struct Inner {
     pending_acks: HashMap<u32, Vec<u64>>,
     closed: Option<String>,
     welcome_shard: (u16, u16),
+    /// Largest frame body accepted from the server (from its WELCOME).
+    frame_body_max: usize,
     /// The socket's current read timeout, to skip redundant setsockopt calls.
     read_timeout: Option<Duration>,
     /// The request a blocking call is waiting for (requests are issued one at a time).
@@ -215,6 +217,7 @@ impl Connection {
             welcome_shard: (0, 0),
             awaiting: 0,
             read_timeout: None,
+            frame_body_max: FRAME_BODY_MAX,
         };
         let req = inner.request_id();
         let name = inner.opts.client_name.clone();
@@ -385,13 +388,10 @@ impl Inner {
         let len = self.rend;
         let got = loop {
             if !self.opts.busy_poll {
-                let wait = match deadline {
-                    None => None,
-                    Some(d) => Some(d.saturating_duration_since(Instant::now()).max(
-                        // set_read_timeout rejects zero; one microsecond is "now".
-                        Duration::from_micros(1),
-                    )),
-                };
+                // set_read_timeout rejects zero; one microsecond is "now".
+                let wait = deadline.map(|d| {
+                    d.saturating_duration_since(Instant::now()).max(Duration::from_micros(1))
+                });
                 // One setsockopt only when the timeout must shrink or has grown stale: waking
                 // early is harmless (the loop re-checks the deadline), sleeping late is not.
                 let stale = match (wait, self.read_timeout) {
@@ -432,11 +432,19 @@ impl Inner {
     fn dispatch(&mut self) -> Result<(), Error> {
         loop {
             let buf = &self.rbuf[self.rpos..self.rend];
-            let Some((h, body)) = wire::split_frame(buf, FRAME_BODY_MAX)? else {
-                return Ok(());
+            let parsed = wire::split_frame(buf, self.frame_body_max).and_then(|f| {
+                f.map(|(h, body)| wire::decode(&h, body).map(|c| (h, body.len(), c))).transpose()
+            });
+            let (h, body_len, cmd) = match parsed {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    // The stream cannot be resynchronised after a bad frame: the connection is done.
+                    self.closed = Some(format!("malformed frame from server: {e}"));
+                    return Err(Error::Protocol(e));
+                }
             };
-            let frame_len = wire::FRAME_HEADER_LEN + body.len();
-            let cmd = wire::decode(&h, body)?;
+            let frame_len = wire::FRAME_HEADER_LEN + body_len;
             let deliver = match cmd {
                 Command::Confirm(_) => {
                     self.unconfirmed.remove(&h.request_id);
@@ -444,6 +452,8 @@ impl Inner {
                 }
                 Command::Welcome(w) => {
                     self.welcome_shard = (w.shard, w.shard_count);
+                    // Accept frames as large as the server may send, never less than the default.
+                    self.frame_body_max = (w.frame_body_max as usize).max(FRAME_BODY_MAX);
                     self.replies.insert(h.request_id, Reply::Ok);
                     None
                 }

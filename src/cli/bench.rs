@@ -173,8 +173,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         notes.push(format!("spawned server: subscriber_buffer_max = {}", count + 16));
         format!("subscriber_buffer_max = {}\n", count + 16)
     });
-    let spawned =
-        if args.spawn { Some(SpawnedServer::start(args.shards, config)?) } else { None };
+    let spawned = if args.spawn { Some(SpawnedServer::start(args.shards, config)?) } else { None };
     let url = match (&spawned, &args.url) {
         (Some(s), _) => s.url.clone(),
         (None, Some(u)) => u.clone(),
