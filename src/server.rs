@@ -28,6 +28,11 @@ impl Server {
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
         let n = cfg.shards;
+        // Probe the kernel once, before anything listens: a ring with the flags and buffer ring
+        // every shard will use (Linux 6.0 or newer), so a missing feature is one clear error.
+        crate::uring::Uring::new(8, 2, 4096).map_err(|e| {
+            format!("io_uring is unavailable or too old here (rdmq needs Linux 6.0+): {e}")
+        })?;
         // Bind the first listener, then the rest on the port it got (the config may say 0).
         let first = sys::reuseport_listener(cfg.listen)
             .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
