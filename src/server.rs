@@ -25,6 +25,7 @@ pub struct Server {
 impl Server {
     pub fn start(mut cfg: Config) -> Result<Server, String> {
         cfg.validate()?;
+        sys::tune_allocator();
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
         let n = cfg.shards;

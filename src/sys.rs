@@ -132,6 +132,21 @@ pub fn shutdown(fd: RawFd) {
     let _ = unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
 }
 
+/// Tells the allocator to keep freed memory instead of returning it to the kernel at once:
+/// batches are allocated and freed at message rate, and without this every trim makes the next
+/// allocation fault in freshly zeroed pages (measured: a third of a shard's time).
+pub fn tune_allocator() {
+    // Bytes the heap may keep free at its top, and the size from which allocations get their
+    // own mapping: both well above a batch (64 KiB) or a DELIVER frame (1 MiB).
+    const TRIM_THRESHOLD: libc::c_int = 512 << 20;
+    const MMAP_THRESHOLD: libc::c_int = 32 << 20;
+    // SAFETY: mallopt only changes allocator parameters; called at start, before shards run.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
 /// A non-blocking eventfd: the way one shard wakes another that sleeps in its ring.
 pub fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: eventfd(2) with constant flags; the result is checked.

@@ -97,7 +97,7 @@ impl Message {
 /// A received message. Cheap to clone: it shares the frame it arrived in.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    frame: Rc<[u8]>,
+    frame: Rc<Vec<u8>>,
     record_at: u32,
     record_len: u32,
     payload_at: u32,
@@ -165,6 +165,8 @@ struct Inner {
     welcome_shard: (u16, u16),
     /// Largest frame body accepted from the server (from its WELCOME).
     frame_body_max: usize,
+    /// DELIVER frame buffers, reused once the application dropped their deliveries.
+    frame_pool: Vec<Rc<Vec<u8>>>,
     /// The socket's current read timeout, to skip redundant setsockopt calls.
     read_timeout: Option<Duration>,
     /// The request a blocking call is waiting for (requests are issued one at a time).
@@ -177,6 +179,9 @@ pub struct Connection {
     inner: Rc<RefCell<Inner>>,
 }
 
+/// DELIVER frame buffers kept for reuse: enough for a consumer holding a full credit window
+/// spread over many frames, small enough to scan per frame.
+const FRAME_POOL_MAX: usize = 64;
 /// Read buffer growth step: one read syscall takes up to this much.
 const READ_CHUNK: usize = 256 << 10;
 
@@ -218,6 +223,7 @@ impl Connection {
             awaiting: 0,
             read_timeout: None,
             frame_body_max: FRAME_BODY_MAX,
+            frame_pool: Vec::new(),
         };
         let req = inner.request_id();
         let name = inner.opts.client_name.clone();
@@ -494,7 +500,7 @@ impl Inner {
 
     /// Copies one DELIVER frame into shared memory once and queues a view per entry.
     fn take_deliveries(&mut self, id: u32, count: u32, frame_len: usize) {
-        let frame: Rc<[u8]> = Rc::from(&self.rbuf[self.rpos..self.rpos + frame_len]);
+        let frame = self.frame_buffer(frame_len);
         let body_at = wire::FRAME_HEADER_LEN + 8;
         let h = wire::FrameHeader::decode(&frame, usize::MAX).expect("decoded before");
         let Ok(Command::Deliver(d)) = wire::decode(&h, &frame[wire::FRAME_HEADER_LEN..]) else {
@@ -516,6 +522,24 @@ impl Inner {
                 redelivered: e.flags & FLAG_REDELIVERED != 0,
             });
         }
+    }
+
+    /// A copy of the frame at `rpos`, in a pooled buffer whose earlier deliveries were all
+    /// dropped, so a steady stream allocates nothing (and faults in no fresh pages) per frame.
+    fn frame_buffer(&mut self, frame_len: usize) -> Rc<Vec<u8>> {
+        let src = &self.rbuf[self.rpos..self.rpos + frame_len];
+        let free = self.frame_pool.iter().position(|b| Rc::strong_count(b) == 1);
+        let mut buf = match free {
+            Some(i) => self.frame_pool.swap_remove(i),
+            None => Rc::new(Vec::with_capacity(frame_len)),
+        };
+        let v = Rc::get_mut(&mut buf).expect("only the pool held it");
+        v.clear();
+        v.extend_from_slice(src);
+        if self.frame_pool.len() < FRAME_POOL_MAX {
+            self.frame_pool.push(buf.clone());
+        }
+        buf
     }
 
     fn wait_reply(&mut self, req: u64) -> Result<(), Error> {
