@@ -158,7 +158,7 @@ impl Shard {
             }
             let since = *idle_since.get_or_insert_with(Instant::now);
             if since.elapsed() < spin {
-                std::hint::spin_loop();
+                std::thread::yield_now();
                 continue;
             }
             self.sleep()?;

@@ -135,6 +135,9 @@ enum Reply {
 }
 
 struct OpenBatch {
+    /// Microseconds since the epoch when the batch was opened: the timestamp of its messages
+    /// (one clock read per batch, not per message).
+    timestamp_us: u64,
     confirm: bool,
     kind: DestKind,
     name: String,
@@ -159,8 +162,8 @@ struct Inner {
     replies: HashMap<u64, Reply>,
     /// Publish failures not yet reported to the caller.
     publish_errors: Vec<Error>,
-    deliveries: HashMap<u32, VecDeque<Delivery>>,
-    pending_acks: HashMap<u32, Vec<u64>>,
+    deliveries: IdMap<VecDeque<Delivery>>,
+    pending_acks: IdMap<Vec<u64>>,
     closed: Option<String>,
     welcome_shard: (u16, u16),
     /// Largest frame body accepted from the server (from its WELCOME).
@@ -177,6 +180,42 @@ struct Inner {
 #[derive(Clone)]
 pub struct Connection {
     inner: Rc<RefCell<Inner>>,
+}
+
+/// A map from consumer/subscription id to `V` for the handful of ids one connection has: a
+/// linear scan beats hashing at this size and keeps the per-message path cheap.
+struct IdMap<V> {
+    items: Vec<(u32, V)>,
+}
+
+impl<V> Default for IdMap<V> {
+    fn default() -> Self {
+        IdMap { items: Vec::new() }
+    }
+}
+
+impl<V: Default> IdMap<V> {
+    fn get_mut(&mut self, id: &u32) -> Option<&mut V> {
+        self.items.iter_mut().find(|(k, _)| k == id).map(|(_, v)| v)
+    }
+
+    fn entry(&mut self, id: u32) -> &mut V {
+        match self.items.iter().position(|(k, _)| *k == id) {
+            Some(i) => &mut self.items[i].1,
+            None => {
+                self.items.push((id, V::default()));
+                &mut self.items.last_mut().expect("just pushed").1
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &u32) {
+        self.items.retain(|(k, _)| k != id);
+    }
+
+    fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.items.iter().map(|(k, _)| *k)
+    }
 }
 
 /// DELIVER frame buffers kept for reuse: enough for a consumer holding a full credit window
@@ -216,8 +255,8 @@ impl Connection {
             unconfirmed: HashMap::new(),
             replies: HashMap::new(),
             publish_errors: Vec::new(),
-            deliveries: HashMap::new(),
-            pending_acks: HashMap::new(),
+            deliveries: IdMap::default(),
+            pending_acks: IdMap::default(),
             closed: None,
             welcome_shard: (0, 0),
             awaiting: 0,
@@ -502,11 +541,9 @@ impl Inner {
     fn take_deliveries(&mut self, id: u32, count: u32, frame_len: usize) {
         let frame = self.frame_buffer(frame_len);
         let body_at = wire::FRAME_HEADER_LEN + 8;
-        let h = wire::FrameHeader::decode(&frame, usize::MAX).expect("decoded before");
-        let Ok(Command::Deliver(d)) = wire::decode(&h, &frame[wire::FRAME_HEADER_LEN..]) else {
-            unreachable!("decoded before")
-        };
-        let q = self.deliveries.entry(id).or_default();
+        // Validated in `dispatch`; walk it again without repeating the checks.
+        let d = wire::deliver::Deliver { id, count, entries: &frame[body_at..] };
+        let q = self.deliveries.entry(id);
         q.reserve(count as usize);
         for e in d.entries() {
             let record_at = body_at + e.offset + wire::deliver::ENTRY_HEADER_LEN;
@@ -582,7 +619,7 @@ impl Inner {
     }
 
     fn flush_all_acks(&mut self) {
-        let ids: Vec<u32> = self.pending_acks.keys().copied().collect();
+        let ids: Vec<u32> = self.pending_acks.ids().collect();
         for id in ids {
             self.flush_acks(id);
         }
@@ -661,15 +698,17 @@ impl Producer {
                 PublishWriter::begin_with_flags(&mut inner.wbuf, self.kind, &self.name, req, flags);
             let name = self.name.clone();
             let confirm = self.confirm;
+            let timestamp_us = now_us();
+            let (kind, request_id) = (self.kind, req);
             inner.open =
-                Some(OpenBatch { confirm, kind: self.kind, name, request_id: req, writer: w });
-        }
-        let mut meta = *meta;
-        if meta.timestamp_us == 0 {
-            meta.timestamp_us = now_us();
+                Some(OpenBatch { timestamp_us, confirm, kind, name, request_id, writer: w });
         }
         let Inner { open, wbuf, .. } = &mut *inner;
         let open = open.as_mut().expect("opened above");
+        let mut meta = *meta;
+        if meta.timestamp_us == 0 {
+            meta.timestamp_us = open.timestamp_us;
+        }
         open.writer.push(wbuf, &meta, payload);
         let receipt = Receipt { request_id: open.request_id };
         if open.writer.len(wbuf) >= inner.opts.batch_bytes {
@@ -742,7 +781,7 @@ impl Consumer {
     pub fn ack(&mut self, d: &Delivery) -> Result<(), Error> {
         let mut inner = self.inner.borrow_mut();
         inner.check_open()?;
-        let tags = inner.pending_acks.entry(self.id).or_default();
+        let tags = inner.pending_acks.entry(self.id);
         tags.push(d.tag);
         if tags.len() >= self.ack_batch {
             inner.flush_acks(self.id);

@@ -163,24 +163,18 @@ impl Queue {
             return Err(QueueError::Full { max_length: self.opts.max_length });
         }
         let first = self.next_seq;
-        let refs: Vec<MsgRef> = records
-            .map(|(offset, len, ttl)| {
-                let rec = MsgRef { batch: batch.clone(), offset, len };
-                let expires_ms = if ttl == 0 { 0 } else { now_ms + ttl as u64 };
-                self.ready.push_back(QMsg {
-                    rec: rec.clone(),
-                    seq: self.next_seq,
-                    deliveries: 0,
-                    expires_ms,
-                });
-                self.next_seq += 1;
-                rec
-            })
-            .collect();
-        assert_eq!(refs.len(), count as usize, "record count disagrees with batch header");
-        if let Err(e) = self.store.append(first, &refs) {
+        let start = self.ready.len();
+        for (offset, len, ttl) in records {
+            let rec = MsgRef { batch: batch.clone(), offset, len };
+            let expires_ms = if ttl == 0 { 0 } else { now_ms + ttl as u64 };
+            self.ready.push_back(QMsg { rec, seq: self.next_seq, deliveries: 0, expires_ms });
+            self.next_seq += 1;
+        }
+        assert_eq!(self.next_seq - first, count as u64, "record count disagrees with batch header");
+        let mut stored = self.ready.range(start..).map(|m| m.rec.bytes());
+        if let Err(e) = self.store.append(first, &mut stored) {
             // Nothing confirmed: take the batch back out.
-            self.ready.truncate(self.ready.len() - refs.len());
+            self.ready.truncate(start);
             self.next_seq = first;
             return Err(QueueError::Store(e));
         }
@@ -192,17 +186,18 @@ impl Queue {
     /// zero) and keep their expiry.
     pub fn append_dead_letters(&mut self, msgs: Vec<QMsg>, _now_ms: u64) {
         let first = self.next_seq;
-        let refs: Vec<MsgRef> = msgs.iter().map(|m| m.rec.clone()).collect();
+        let (start, n) = (self.ready.len(), msgs.len());
         for m in msgs {
             self.ready.push_back(QMsg { seq: self.next_seq, deliveries: 0, ..m });
             self.next_seq += 1;
         }
         // A dead letter is already settled where it came from; a store that cannot take it
         // keeps it in memory only, and says so.
-        if let Err(e) = self.store.append(first, &refs) {
+        let mut stored = self.ready.range(start..).map(|m| m.rec.bytes());
+        if let Err(e) = self.store.append(first, &mut stored) {
             eprintln!("rdmq: dead-letter queue {}: {}", self.name, e.0);
         }
-        self.stats.published += refs.len() as u64;
+        self.stats.published += n as u64;
     }
 
     pub fn add_consumer(&mut self, key: SubKey, credit: u32) -> Result<(), QueueError> {

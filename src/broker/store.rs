@@ -5,7 +5,6 @@
 //! here, returning a durable position that lags until its group commit completes, and the queue
 //! confirms publishes only at or below it.
 
-use super::MsgRef;
 use rdmq_client::Durability;
 
 /// What the store could not do, as a message for the publisher.
@@ -13,8 +12,12 @@ use rdmq_client::Durability;
 pub struct StoreError(pub String);
 
 pub trait Store {
-    /// Stores `records` starting at sequence `first_seq`.
-    fn append(&mut self, first_seq: u64, records: &[MsgRef]) -> Result<(), StoreError>;
+    /// Stores `records` (each a whole record as published) starting at sequence `first_seq`.
+    fn append(
+        &mut self,
+        first_seq: u64,
+        records: &mut dyn Iterator<Item = &[u8]>,
+    ) -> Result<(), StoreError>;
     /// Records that sequence `seq` was acknowledged (or dead-lettered) and may be reclaimed.
     fn settle(&mut self, seq: u64);
     /// Every sequence below this survives a crash at this queue's durability level.
@@ -29,8 +32,12 @@ pub struct MemoryStore {
 }
 
 impl Store for MemoryStore {
-    fn append(&mut self, first_seq: u64, records: &[MsgRef]) -> Result<(), StoreError> {
-        self.next = first_seq + records.len() as u64;
+    fn append(
+        &mut self,
+        first_seq: u64,
+        records: &mut dyn Iterator<Item = &[u8]>,
+    ) -> Result<(), StoreError> {
+        self.next = first_seq + records.count() as u64;
         Ok(())
     }
 
