@@ -1,5 +1,5 @@
 //! Server-wide counters. Shards add with relaxed atomics (no ordering is implied between them);
-//! they are printed at shutdown and served by the STATS admin path.
+//! they are printed when the server stops (there is no live admin endpoint yet).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -344,18 +344,21 @@ impl Peer {
     }
 }
 
+/// A progress line on a terminal; silent when stderr is a file or pipe (CI logs).
 struct Progress {
     label: &'static str,
     last: Instant,
+    tty: bool,
 }
 
 impl Progress {
     fn new(label: &'static str) -> Progress {
-        Progress { label, last: Instant::now() }
+        use std::io::IsTerminal;
+        Progress { label, last: Instant::now(), tty: std::io::stderr().is_terminal() }
     }
 
     fn tick(&mut self, done: u64, total: u64) {
-        if done & 0x3FF == 0 && self.last.elapsed() >= PROGRESS_EVERY {
+        if done & 0x3FF == 0 && self.last.elapsed() >= PROGRESS_EVERY && self.tty {
             self.last = Instant::now();
             eprint!("\r{}: {done}/{total}   ", self.label);
             let _ = std::io::stderr().flush();
@@ -363,7 +366,9 @@ impl Progress {
     }
 
     fn done(&self) {
-        eprint!("\r{}\r", " ".repeat(60));
+        if self.tty {
+            eprint!("\r{}\r", " ".repeat(60));
+        }
     }
 }
 

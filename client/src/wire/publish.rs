@@ -141,6 +141,29 @@ mod tests {
         assert!(matches!(decode_one(&out), Err(DecodeError::Checksum { .. })));
     }
 
+    /// The worked example in docs/PROTOCOL.md section 13, byte for byte.
+    #[test]
+    fn protocol_md_example() {
+        let headers = vec![("k".to_string(), "v".to_string())];
+        let meta = RecordMeta {
+            id: 7,
+            timestamp_us: 1_700_000_000_000_000,
+            headers: &headers,
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        let mut w = PublishWriter::begin(&mut out, DestKind::Queue, "jobs", 1);
+        w.push(&mut out, &meta, b"hi");
+        w.finish(&mut out);
+        let hex = "50000000200000000100000000000000000004006a6f627348000000fe1e6043\
+                   0000000000000000010000000000000030000000000001000700000000000000\
+                   00401e18240a0600000000000000000006000000020000000100 6b0100766869";
+        let hex: String = hex.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+        let want: Vec<u8> =
+            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        assert_eq!(out, want);
+    }
+
     #[test]
     fn bad_kind() {
         let mut out = frame();
