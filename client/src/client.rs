@@ -459,7 +459,9 @@ impl Inner {
                         return Ok(false);
                     }
                     if self.opts.busy_poll {
-                        std::hint::spin_loop();
+                        // Yield rather than pause: with a core to itself this returns at once, and on a
+                        // shared machine it lets the peer (or the server) run instead of starving it.
+                        std::thread::yield_now();
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}

@@ -183,8 +183,12 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     let ctx = Ctx { url, count, size, run_id, args };
     let (broker, baseline) = match ctx.args.workload {
         Workload::Pingpong => {
-            notes.push(format!("{PINGPONG_WARMUP} warm-up round trips; publishes without confirms (the reply confirms)"));
-            (pingpong_broker(&ctx)?, pingpong_raw(&ctx)?)
+            notes.push(format!(
+                "{PINGPONG_ROUNDS} interleaved rounds (broker, raw, ...), fresh processes each; \
+                 {PINGPONG_WARMUP} warm-up round trips first; publishes without confirms \
+                 (the reply confirms)"
+            ));
+            pingpong(&ctx)?
         }
         Workload::Stream => (stream_broker(&ctx)?, stream_raw(&ctx)?),
         Workload::Fanout => {
@@ -405,17 +409,72 @@ fn merge_peer(f: &mut Figures, r: &PeerResult) {
 
 // ---- pingpong ----
 
-fn pingpong_broker(ctx: &Ctx) -> Result<Figures, String> {
-    let total = ctx.count + PINGPONG_WARMUP;
-    let ping = format!("{}.ping", ctx.run_id);
+/// Ping-pong runs in interleaved rounds (broker, raw, broker, raw, ...), each with fresh peer
+/// processes: on a small shared machine the RTT depends on where the scheduler puts the two
+/// processes, and alternating gives both sides the same lottery.
+const PINGPONG_ROUNDS: u64 = 5;
+
+/// One side's measurements, merged over rounds.
+struct RttRuns {
+    hist: Histogram<u64>,
+    round_trips: u64,
+    secs: f64,
+    verified: bool,
+    error: Option<String>,
+}
+
+impl RttRuns {
+    fn new() -> RttRuns {
+        let hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid");
+        RttRuns { hist, round_trips: 0, secs: 0.0, verified: true, error: None }
+    }
+
+    fn fail(&mut self, e: String) {
+        self.verified = false;
+        self.error.get_or_insert(e);
+    }
+
+    fn figures(&self, ctx: &Ctx) -> Figures {
+        let msgs_per_s = self.round_trips as f64 / self.secs;
+        Figures {
+            msgs_per_s,
+            mb_per_s: msgs_per_s * ctx.size as f64 / 1e6,
+            seconds: self.secs,
+            rtt_us: Some(percentiles_us(&self.hist).into()),
+            verified: self.verified,
+            error: self.error.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+fn pingpong(ctx: &Ctx) -> Result<(Figures, Figures), String> {
+    let (mut broker, mut raw) = (RttRuns::new(), RttRuns::new());
+    let per_round = ctx.count.div_ceil(PINGPONG_ROUNDS);
+    for round in 0..PINGPONG_ROUNDS {
+        let n = per_round.min(ctx.count - round * per_round);
+        let warmup = if round == 0 { PINGPONG_WARMUP } else { PINGPONG_WARMUP / PINGPONG_ROUNDS };
+        pingpong_broker(ctx, round, warmup, n, &mut broker)?;
+        pingpong_raw(ctx, warmup, n, &mut raw)?;
+    }
+    Ok((broker.figures(ctx), raw.figures(ctx)))
+}
+
+fn pingpong_broker(
+    ctx: &Ctx,
+    round: u64,
+    warmup: u64,
+    n: u64,
+    runs: &mut RttRuns,
+) -> Result<(), String> {
+    let total = warmup + n;
+    let ping = format!("{}.ping{round}", ctx.run_id);
     let conn = connect(ctx)?;
     let mut pong = conn.subscribe(&format!("{ping}.pong")).map_err(|e| e.to_string())?;
     let peer = Peer::start_n(ctx, "responder", &ping, total, &[])?;
     let mut producer = conn.topic_producer(&ping);
     producer.set_confirms(false);
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid");
     let mut buf = Vec::new();
-    let mut f = Figures { verified: true, ..Default::default() };
     let mut progress = Progress::new("pingpong (broker)");
     let start = Instant::now();
     for i in 0..total {
@@ -428,22 +487,21 @@ fn pingpong_broker(ctx: &Ctx) -> Result<Figures, String> {
         };
         let rtt = t.elapsed().as_nanos() as u64;
         if check_payload(d.payload(), ctx.size).map(|(s, _)| s) != Ok(i) {
-            f.verified = false;
-            f.error.get_or_insert(format!("reply {i} wrong"));
+            runs.fail(format!("reply {i} wrong"));
         }
-        if i >= PINGPONG_WARMUP {
-            hist.saturating_record(rtt);
+        if i >= warmup {
+            runs.hist.saturating_record(rtt);
         }
         progress.tick(i, total);
     }
     progress.done();
-    let secs = start.elapsed().as_secs_f64();
-    merge_peer(&mut f, &peer.result()?);
-    f.rtt_us = Some(percentiles_us(&hist).into());
-    f.msgs_per_s = total as f64 / secs;
-    f.mb_per_s = f.msgs_per_s * ctx.size as f64 / 1e6;
-    f.seconds = secs;
-    Ok(f)
+    runs.secs += start.elapsed().as_secs_f64();
+    runs.round_trips += total;
+    let r = peer.result()?;
+    if !r.verified {
+        runs.fail(r.error.unwrap_or_default());
+    }
+    Ok(())
 }
 
 /// Appends one PUBLISH frame with one record to `out`.
@@ -453,13 +511,11 @@ fn raw_frame(out: &mut Vec<u8>, dest: &str, payload: &[u8]) {
     w.finish(out);
 }
 
-fn pingpong_raw(ctx: &Ctx) -> Result<Figures, String> {
-    let total = ctx.count + PINGPONG_WARMUP;
+fn pingpong_raw(ctx: &Ctx, warmup: u64, n: u64, runs: &mut RttRuns) -> Result<(), String> {
+    let total = warmup + n;
     let peer = Peer::start_n(ctx, "echo", "raw", total, &[])?;
     let mut s = peer.connect()?;
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid");
     let (mut buf, mut frame, mut back) = (Vec::new(), Vec::new(), Vec::new());
-    let mut f = Figures { verified: true, ..Default::default() };
     let start = Instant::now();
     for i in 0..total {
         fill_payload(i, 0, ctx.size, &mut buf);
@@ -471,21 +527,20 @@ fn pingpong_raw(ctx: &Ctx) -> Result<Figures, String> {
         s.read_exact(&mut back).map_err(|e| format!("raw pingpong: {e}"))?;
         let rtt = t.elapsed().as_nanos() as u64;
         if back != frame {
-            f.verified = false;
-            f.error.get_or_insert(format!("echo {i} differs"));
+            runs.fail(format!("echo {i} differs"));
         }
-        if i >= PINGPONG_WARMUP {
-            hist.saturating_record(rtt);
+        if i >= warmup {
+            runs.hist.saturating_record(rtt);
         }
     }
-    let secs = start.elapsed().as_secs_f64();
+    runs.secs += start.elapsed().as_secs_f64();
+    runs.round_trips += total;
     drop(s);
-    merge_peer(&mut f, &peer.result()?);
-    f.rtt_us = Some(percentiles_us(&hist).into());
-    f.msgs_per_s = total as f64 / secs;
-    f.mb_per_s = f.msgs_per_s * ctx.size as f64 / 1e6;
-    f.seconds = secs;
-    Ok(f)
+    let r = peer.result()?;
+    if !r.verified {
+        runs.fail(r.error.unwrap_or_default());
+    }
+    Ok(())
 }
 
 // ---- stream, fanout, rate: one producer, receivers in order ----

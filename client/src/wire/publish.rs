@@ -159,8 +159,10 @@ mod tests {
                    0000000000000000010000000000000030000000000001000700000000000000\
                    00401e18240a0600000000000000000006000000020000000100 6b0100766869";
         let hex: String = hex.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-        let want: Vec<u8> =
-            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let want: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
         assert_eq!(out, want);
     }
 
