@@ -5,7 +5,7 @@ use std::io::{BufRead, Write};
 use std::time::Duration;
 
 use clap::Args;
-use rdmq_client::Connection;
+use rdmq_client::{Connection, Consumer, Delivery, Error, Subscription};
 
 const DEFAULT_URL: &str = "tcp://127.0.0.1:7420";
 
@@ -111,38 +111,68 @@ pub fn publish(a: PublishArgs) -> Result<(), String> {
 
 pub fn consume(a: ConsumeArgs) -> Result<(), String> {
     let conn = Connection::connect(&a.url).map_err(|e| format!("{}: {e}", a.url))?;
-    let mut consumer = conn.consume(&a.queue, a.credit).map_err(|e| e.to_string())?;
-    let timeout = a.timeout_ms.map(Duration::from_millis);
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let mut got = 0u64;
-    while a.count.is_none_or(|c| got < c) {
-        let Some(d) = consumer.receive(timeout).map_err(|e| e.to_string())? else {
-            return finish_on_timeout(got, a.count);
-        };
-        out.write_all(d.payload()).and_then(|_| out.write_all(b"\n")).map_err(|e| e.to_string())?;
-        out.flush().map_err(|e| e.to_string())?;
-        if a.ack {
-            consumer.ack(&d).map_err(|e| e.to_string())?;
-        }
-        got += 1;
-    }
-    consumer.close().map_err(|e| e.to_string())
+    let consumer = conn.consume(&a.queue, a.credit).map_err(|e| e.to_string())?;
+    let mut source = QueueSource { consumer, ack: a.ack };
+    print_payloads(a.count, a.timeout_ms, &mut source)?;
+    source.consumer.close().map_err(|e| e.to_string())
 }
 
 pub fn subscribe(a: SubscribeArgs) -> Result<(), String> {
     let conn = Connection::connect(&a.url).map_err(|e| format!("{}: {e}", a.url))?;
     let mut sub = conn.subscribe(&a.topic).map_err(|e| e.to_string())?;
-    let timeout = a.timeout_ms.map(Duration::from_millis);
+    print_payloads(a.count, a.timeout_ms, &mut sub)
+}
+
+/// Where `print_payloads` gets messages, and what it does once one is printed.
+trait Source {
+    fn next(&mut self, timeout: Option<Duration>) -> Result<Option<Delivery>, Error>;
+    fn printed(&mut self, _d: &Delivery) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+impl Source for Subscription {
+    fn next(&mut self, timeout: Option<Duration>) -> Result<Option<Delivery>, Error> {
+        self.receive(timeout)
+    }
+}
+
+struct QueueSource {
+    consumer: Consumer,
+    ack: bool,
+}
+
+impl Source for QueueSource {
+    fn next(&mut self, timeout: Option<Duration>) -> Result<Option<Delivery>, Error> {
+        self.consumer.receive(timeout)
+    }
+
+    /// Acknowledged only once printed: a crash in between redelivers, never loses.
+    fn printed(&mut self, d: &Delivery) -> Result<(), Error> {
+        if self.ack {
+            self.consumer.ack(d)?;
+        }
+        Ok(())
+    }
+}
+
+/// Prints one payload per line as messages arrive, until `count` or a quiet `timeout_ms`.
+fn print_payloads(
+    count: Option<u64>,
+    timeout_ms: Option<u64>,
+    source: &mut dyn Source,
+) -> Result<(), String> {
+    let timeout = timeout_ms.map(Duration::from_millis);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut got = 0u64;
-    while a.count.is_none_or(|c| got < c) {
-        let Some(d) = sub.receive(timeout).map_err(|e| e.to_string())? else {
-            return finish_on_timeout(got, a.count);
+    while count.is_none_or(|c| got < c) {
+        let Some(d) = source.next(timeout).map_err(|e| e.to_string())? else {
+            return finish_on_timeout(got, count);
         };
         out.write_all(d.payload()).and_then(|_| out.write_all(b"\n")).map_err(|e| e.to_string())?;
         out.flush().map_err(|e| e.to_string())?;
+        source.printed(&d).map_err(|e| e.to_string())?;
         got += 1;
     }
     Ok(())
