@@ -50,6 +50,17 @@ pub struct Config {
     /// Provided receive buffers per shard (power of two) and their size in bytes.
     pub recv_buffers: u16,
     pub recv_buffer_bytes: usize,
+    /// Durability of queues created on first use: memory, flush or fsync.
+    pub default_queue_durability: String,
+    /// The same, parsed (filled in by `validate`).
+    #[serde(skip)]
+    pub default_durability: rdmq_client::Durability,
+    /// Bytes per journal segment file before a new one starts; settled segments are deleted
+    /// whole, so smaller segments return disk space sooner, larger ones mean fewer files.
+    pub segment_bytes: u64,
+    /// Bytes of each shard's journal write ring (2 MiB huge pages when reserved): bounds the
+    /// data written but not yet handed to the disk; a publish that finds it full is refused.
+    pub journal_ring_bytes: usize,
 }
 
 impl Default for Config {
@@ -71,6 +82,10 @@ impl Default for Config {
             mailbox_slots: 1024,
             recv_buffers: 512,
             recv_buffer_bytes: 64 << 10,
+            default_queue_durability: "fsync".to_string(),
+            default_durability: rdmq_client::Durability::Fsync,
+            segment_bytes: 64 << 20,
+            journal_ring_bytes: 64 << 20,
         }
     }
 }
@@ -104,6 +119,17 @@ impl Config {
         }
         if self.queue_max_deliveries == 0 || self.queue_max_length == 0 {
             return Err("queue_max_deliveries and queue_max_length must be positive".into());
+        }
+        self.default_durability = self.default_queue_durability.parse()?;
+        if self.segment_bytes < (1 << 20) {
+            return Err("segment_bytes must be at least 1 MiB".into());
+        }
+        let ring = self.journal_ring_bytes;
+        if !ring.is_power_of_two() || ring < (4 << 20) || ring < 2 * self.frame_body_max {
+            return Err(
+                "journal_ring_bytes must be a power of two, at least 4 MiB and twice frame_body_max"
+                    .into(),
+            );
         }
         if self.subscriber_buffer_max == 0 || self.connections_per_shard == 0 {
             return Err("subscriber_buffer_max and connections_per_shard must be positive".into());

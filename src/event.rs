@@ -46,6 +46,7 @@ pub enum Event {
     },
     DeadLetter {
         queue: Arc<str>,
+        durability: rdmq_client::Durability,
         msgs: Vec<QMsg>,
     },
     Consume {

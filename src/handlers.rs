@@ -18,8 +18,9 @@ use rdmq_client::wire::{self, Command, FrameHeader, PROTOCOL_VERSION};
 
 use crate::broker::pattern;
 use crate::broker::queue::{Delivered, QMsg, Queue, QueueOptions, Settle};
-use crate::broker::{store, SubKey};
+use crate::broker::SubKey;
 use crate::conn::SubState;
+use crate::durable::Held;
 use crate::event::{Event, ReplyKind, ReplyTo};
 use crate::metrics;
 use crate::shard::Shard;
@@ -326,31 +327,42 @@ impl Shard {
     }
 
     /// The queue `name` on this shard, created with default options if auto-creation is on.
-    fn queue_or_create(&mut self, name: &Arc<str>, dead_letter_target: bool) -> Option<&mut Queue> {
+    /// A dead-letter queue is created at the durability of the queue that feeds it. `Err` says
+    /// why the queue does not exist and could not be made.
+    fn queue_or_create(
+        &mut self,
+        name: &Arc<str>,
+        dead_letter_of: Option<rdmq_client::Durability>,
+    ) -> Result<&mut Queue, ReplyKind> {
         if !self.queues.contains_key(name) {
-            if !self.cfg.auto_create && !dead_letter_target {
-                return None;
+            if !self.cfg.auto_create && dead_letter_of.is_none() {
+                let msg = format!("no queue {name:?} (auto_create is off)");
+                return Err(err(code::NOT_FOUND, msg));
             }
             let opts = QueueOptions {
-                durability: rdmq_client::Durability::Memory,
+                durability: dead_letter_of.unwrap_or(self.cfg.default_durability),
                 max_deliveries: self.cfg.queue_max_deliveries,
                 max_length: self.cfg.queue_max_length,
-                dead_letter: (!dead_letter_target).then(|| format!("{name}.dlq")),
+                dead_letter: dead_letter_of.is_none().then(|| format!("{name}.dlq")),
             };
-            let store = store::open(opts.durability).expect("memory store always opens");
-            self.queues.insert(name.clone(), Queue::new(name.clone(), opts, store));
+            self.create_queue(name, opts).map_err(|e| err(code::STORAGE_FAILED, e))?;
         }
-        self.queues.get_mut(name)
+        Ok(self.queues.get_mut(name).expect("present or just created"))
     }
 
-    fn route_dead_letters(&mut self, dlq: Option<String>, msgs: Vec<QMsg>) {
+    fn route_dead_letters(
+        &mut self,
+        dlq: Option<String>,
+        durability: rdmq_client::Durability,
+        msgs: Vec<QMsg>,
+    ) {
         if msgs.is_empty() {
             return;
         }
         metrics::add(&self.metrics.dead_lettered, msgs.len() as u64);
         let dlq: Arc<str> = dlq.expect("queues without a dead-letter queue drop instead").into();
         let owner = self.queue_owner(&dlq);
-        self.route(owner, Event::DeadLetter { queue: dlq, msgs });
+        self.route(owner, Event::DeadLetter { queue: dlq, durability, msgs });
     }
 
     fn write_deliveries(&mut self, key: SubKey, msgs: Vec<Delivered>) {
@@ -422,6 +434,7 @@ pub fn apply(s: &mut Shard, ev: Event) {
                 ),
                 Some(_) => {
                     s.queues.remove(&name);
+                    s.drop_queue_storage(&name);
                     ReplyKind::Ok
                 }
             };
@@ -429,35 +442,50 @@ pub fn apply(s: &mut Shard, ev: Event) {
         }
         Event::Publish { reply, confirm, queue, batch, count } => {
             let now = s.now_ms;
-            let Some(q) = s.queue_or_create(&queue, false) else {
-                let msg = format!("no queue {queue:?} (auto_create is off)");
-                return s.reply(reply, err(code::NOT_FOUND, msg));
+            let q = match s.queue_or_create(&queue, None) {
+                Ok(q) => q,
+                Err(kind) => return s.reply(reply, kind),
             };
             let recs = BatchView::trusted(&batch)
                 .records()
                 .map(|(at, r)| (at as u32, r.bytes.len() as u32, r.header.ttl_ms));
-            let kind = match q.publish(&batch, recs, count, now) {
-                Ok((position, count)) => ReplyKind::Confirm { position, count },
-                Err(e @ crate::broker::queue::QueueError::Full { .. }) => {
-                    err(code::RESOURCE_LIMIT, format!("{queue}: {e}"))
-                }
-                Err(e) => err(code::INTERNAL, format!("{queue}: {e}")),
-            };
+            let result = q.publish(&batch, recs, count, now);
+            let durable = q.durable_position();
             s.mark_queue_dirty(&queue);
-            if confirm || !matches!(kind, ReplyKind::Confirm { .. }) {
-                s.reply(reply, kind);
+            match result {
+                Ok((position, count)) if durable >= position + count as u64 => {
+                    if confirm {
+                        s.reply(reply, ReplyKind::Confirm { position, count });
+                    }
+                }
+                Ok((position, count)) => {
+                    if confirm {
+                        let held =
+                            Held { end_seq: position + count as u64, reply, position, count };
+                        s.hold_confirm(&queue, held);
+                    }
+                }
+                Err(e @ crate::broker::queue::QueueError::Full { .. }) => {
+                    s.reply(reply, err(code::RESOURCE_LIMIT, format!("{queue}: {e}")))
+                }
+                Err(e) => s.reply(reply, err(code::STORAGE_FAILED, format!("{queue}: {e}"))),
             }
         }
-        Event::DeadLetter { queue, msgs } => {
+        Event::DeadLetter { queue, durability, msgs } => {
             let now = s.now_ms;
-            let q = s.queue_or_create(&queue, true).expect("dead-letter queues are always created");
-            q.append_dead_letters(msgs, now);
+            match s.queue_or_create(&queue, Some(durability)) {
+                Ok(q) => q.append_dead_letters(msgs, now),
+                Err(ReplyKind::Error { message, .. }) => {
+                    eprintln!("rdmq: dropped {} dead letters: {message}", msgs.len())
+                }
+                Err(_) => unreachable!("queue_or_create fails with an error"),
+            }
             s.mark_queue_dirty(&queue);
         }
         Event::Consume { reply, queue, key, credit } => {
-            let Some(q) = s.queue_or_create(&queue, false) else {
-                let msg = format!("no queue {queue:?} (auto_create is off)");
-                return s.reply(reply, err(code::NOT_FOUND, msg));
+            let q = match s.queue_or_create(&queue, None) {
+                Ok(q) => q,
+                Err(kind) => return s.reply(reply, kind),
             };
             let kind = match q.add_consumer(key, credit) {
                 Ok(()) => ReplyKind::Ok,
@@ -468,12 +496,12 @@ pub fn apply(s: &mut Shard, ev: Event) {
         }
         Event::Cancel { reply, queue, key } => {
             let mut dead = Vec::new();
-            let mut dlq = None;
+            let mut dlq = (None, rdmq_client::Durability::Memory);
             if let Some(q) = s.queues.get_mut(&queue) {
                 q.remove_consumer(key, &mut dead);
-                dlq = q.opts.dead_letter.clone();
+                dlq = (q.opts.dead_letter.clone(), q.opts.durability);
             }
-            s.route_dead_letters(dlq, dead);
+            s.route_dead_letters(dlq.0, dlq.1, dead);
             s.mark_queue_dirty(&queue);
             s.reply(reply, ReplyKind::Ok);
         }
@@ -483,8 +511,8 @@ pub fn apply(s: &mut Shard, ev: Event) {
                 return;
             };
             q.settle(key, op, multiple, tags.into_iter(), &mut dead);
-            let dlq = q.opts.dead_letter.clone();
-            s.route_dead_letters(dlq, dead);
+            let (dlq, durability) = (q.opts.dead_letter.clone(), q.opts.durability);
+            s.route_dead_letters(dlq, durability, dead);
             s.mark_queue_dirty(&queue);
         }
         Event::Deliver { key, msgs } => s.write_deliveries(key, msgs),
@@ -515,14 +543,14 @@ pub fn apply(s: &mut Shard, ev: Event) {
                 q.remove_connection(shard, slot, generation, &mut dead);
                 touched.push(name.clone());
                 if !dead.is_empty() {
-                    all_dead.push((q.opts.dead_letter.clone(), dead));
+                    all_dead.push((q.opts.dead_letter.clone(), q.opts.durability, dead));
                 }
             }
             for name in touched {
                 s.mark_queue_dirty(&name);
             }
-            for (dlq, dead) in all_dead {
-                s.route_dead_letters(dlq, dead);
+            for (dlq, durability, dead) in all_dead {
+                s.route_dead_letters(dlq, durability, dead);
             }
         }
     }
@@ -552,13 +580,11 @@ fn declare_queue(
         };
         return s.reply(reply, kind);
     }
-    match store::open(opts.durability) {
-        Ok(store) => {
-            s.queues.insert(name.clone(), Queue::new(name, opts, store));
-            s.reply(reply, ReplyKind::Ok);
-        }
-        Err(e) => s.reply(reply, err(code::INVALID_ARGUMENT, e.0)),
-    }
+    let kind = match s.create_queue(&name, opts) {
+        Ok(()) => ReplyKind::Ok,
+        Err(e) => err(code::STORAGE_FAILED, e),
+    };
+    s.reply(reply, kind);
 }
 
 fn err(code: u16, message: String) -> ReplyKind {

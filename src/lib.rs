@@ -9,8 +9,10 @@
 pub mod broker;
 pub mod config;
 mod conn;
+mod durable;
 mod event;
 mod handlers;
+pub mod journal;
 pub mod mailbox;
 pub mod metrics;
 pub mod server;

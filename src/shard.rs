@@ -19,12 +19,18 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use crate::broker::queue::{Dispatch, Queue};
 use crate::broker::topic::SubscriptionTable;
 use crate::broker::{owner_shard, MsgRef, SubKey};
 use crate::config::Config;
 use crate::conn::Conn;
+use crate::durable::{Held, JournalEntry};
 use crate::event::{Event, ReplyKind, ReplyTo};
+use crate::journal::ring::Ring;
+use crate::journal::WriteReq;
 use crate::mailbox::{Receiver, Sender};
 use crate::metrics::{self, Metrics};
 use crate::sys;
@@ -50,6 +56,10 @@ pub mod op {
     pub const WAKE: u8 = 4;
     pub const CANCEL: u8 = 5;
     pub const CLOSE: u8 = 6;
+    /// A journal segment write; the slot field is the journal id.
+    pub const JOURNAL_WRITE: u8 = 7;
+    /// A journal fdatasync; the slot field is the journal id.
+    pub const JOURNAL_SYNC: u8 = 8;
 }
 
 /// `[op: 8][generation: 24][slot: 32]`.
@@ -88,6 +98,12 @@ pub struct Shard {
     pub dirty_conns: Vec<u32>,
     pub queues: FxHashMap<Arc<str>, Queue>,
     dirty_queues: Vec<Arc<str>>,
+    /// The journal write ring shared by this shard's durable queues.
+    pub journal_ring: Rc<RefCell<Ring>>,
+    /// Journals by id (the id travels in completion user data).
+    pub journals: Vec<Option<JournalEntry>>,
+    /// Publish confirms waiting for their queue's durable position, per queue in order.
+    pub held: FxHashMap<Arc<str>, VecDeque<Held>>,
     pub subscriptions: SubscriptionTable,
     pub topics: FxHashMap<Arc<str>, ()>,
     pub topic_seq: u64,
@@ -131,6 +147,9 @@ impl Shard {
             dirty_conns: Vec::new(),
             queues: FxHashMap::default(),
             dirty_queues: Vec::new(),
+            journal_ring: Rc::new(RefCell::new(Ring::new(cfg.journal_ring_bytes)?)),
+            journals: Vec::new(),
+            held: FxHashMap::default(),
             subscriptions: SubscriptionTable::default(),
             topics: FxHashMap::default(),
             topic_seq: 0,
@@ -145,6 +164,8 @@ impl Shard {
 
     /// Runs until termination is requested. Returns the first fatal ring error.
     pub fn run(mut self) -> std::io::Result<()> {
+        // Durable queues first: nothing is accepted or applied until they are back.
+        self.recover_queues();
         self.ring.accept_multi(self.listener.as_raw_fd(), user_data(op::ACCEPT, 0, 0));
         self.arm_wake();
         self.ring.submit()?;
@@ -186,6 +207,9 @@ impl Shard {
         work += self.apply_local();
         self.dispatch_queues();
         work += self.apply_local();
+        // Journals before connections: acknowledgements reach the page cache before any reply
+        // of this pass is sent, and confirms made durable by this pass's completions go out now.
+        self.drive_journals();
         self.flush_conns();
         self.flush_mailboxes();
         // Events held back by a full mailbox are work: retry next pass instead of sleeping.
@@ -215,6 +239,7 @@ impl Shard {
     /// Work that only needs doing now and then: expiring messages nobody consumes, and giving
     /// up on closing connections whose peer stopped reading their last output.
     fn housekeeping(&mut self) {
+        self.retire_segments();
         for q in self.queues.values_mut() {
             let before = q.stats.expired;
             q.expire(self.now_ms);
@@ -229,6 +254,19 @@ impl Shard {
                 conn.flush_on_close = false;
             }
         }
+    }
+
+    pub fn submit_journal_write(&mut self, w: WriteReq, journal: u32) {
+        let ring = self.journal_ring.borrow();
+        let buf = ring.bytes(w.claim);
+        let ud = user_data(op::JOURNAL_WRITE, 0, journal);
+        // SAFETY: the claim is leased to this write: the journal releases it only in
+        // `write_done`, on this write's completion, and the ring outlives the io_uring.
+        unsafe { self.ring.write_at(w.fd, buf, w.offset, ud) };
+    }
+
+    pub fn submit_journal_sync(&mut self, fd: RawFd, journal: u32) {
+        self.ring.fdatasync(fd, user_data(op::JOURNAL_SYNC, 0, journal));
     }
 
     fn arm_wake(&mut self) {
@@ -354,6 +392,8 @@ impl Shard {
             op::RECV => self.on_recv(slot, generation, c),
             op::SEND => self.on_send(slot, generation, c),
             op::WAKE => self.arm_wake(),
+            op::JOURNAL_WRITE => self.on_journal_completion(true, slot, c.result),
+            op::JOURNAL_SYNC => self.on_journal_completion(false, slot, c.result),
             op::CANCEL | op::CLOSE => {}
             other => panic!("completion with unknown op {other}"),
         }

@@ -132,6 +132,22 @@ impl Uring {
         self.push(e.user_data(user_data));
     }
 
+    /// Writes `buf` to `fd` at `offset` (a journal segment).
+    ///
+    /// # Safety
+    /// `buf` must stay allocated and unmodified until the completion with `user_data` is reaped.
+    pub unsafe fn write_at(&mut self, fd: RawFd, buf: &[u8], offset: u64, user_data: u64) {
+        let len = u32::try_from(buf.len()).expect("journal writes are below 4 GiB");
+        let e = opcode::Write::new(Fd(fd), buf.as_ptr(), len).offset(offset).build();
+        self.push(e.user_data(user_data));
+    }
+
+    /// `fdatasync(fd)`.
+    pub fn fdatasync(&mut self, fd: RawFd, user_data: u64) {
+        let e = opcode::Fsync::new(Fd(fd)).flags(io_uring::types::FsyncFlags::DATASYNC).build();
+        self.push(e.user_data(user_data));
+    }
+
     /// Reads an eventfd counter into `*dst`.
     ///
     /// # Safety

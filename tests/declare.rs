@@ -16,23 +16,35 @@ fn server_code(r: Result<(), Error>) -> (u16, String) {
 }
 
 #[test]
-fn journal_durability_is_refused_clearly() {
-    let server = Server::start(2);
-    let conn = server.connect();
-    for (i, durability) in [Durability::Fsync, Durability::Flush].into_iter().enumerate() {
-        let q = name_on_shard("durable", i, 2);
-        let opts = QueueOptions { durability, ..Default::default() };
-        let (c, msg) = server_code(conn.declare_queue(&q, &opts));
-        assert_eq!(c, code::INVALID_ARGUMENT, "{msg}");
-        assert!(msg.contains("journal"), "the error should say why: {msg}");
-        assert!(msg.contains(durability.as_str()), "and which level: {msg}");
-        assert!(msg.contains("memory"), "and what works instead: {msg}");
-        // Nothing was created.
-        assert_eq!(server_code(conn.delete_queue(&q)).0, code::NOT_FOUND);
+fn every_durability_level_declares_and_only_journalled_ones_survive_a_restart() {
+    let mut server = Server::start(2);
+    let levels = [Durability::Memory, Durability::Flush, Durability::Fsync];
+    {
+        let conn = server.connect();
+        for (i, durability) in levels.into_iter().enumerate() {
+            let q = name_on_shard(&format!("level-{}", durability.as_str()), i % 2, 2);
+            conn.declare_queue(&q, &QueueOptions { durability, ..Default::default() }).unwrap();
+            let mut p = conn.queue_producer(&q);
+            p.send(durability.as_str().as_bytes()).unwrap();
+            p.flush().unwrap();
+        }
     }
-    // The connection survives refused requests.
-    conn.ping().unwrap();
-    conn.declare_queue("durable-mem", &QueueOptions::default()).unwrap();
+    server.stop();
+    server.restart();
+    let conn = server.connect();
+    for (i, durability) in levels.into_iter().enumerate() {
+        let q = name_on_shard(&format!("level-{}", durability.as_str()), i % 2, 2);
+        let mut c = conn.consume(&q, 4).unwrap();
+        let got = c.receive(Some(QUIET)).unwrap();
+        match durability {
+            Durability::Memory => assert!(got.is_none(), "a memory queue is empty after restart"),
+            _ => {
+                let d = got.unwrap_or_else(|| panic!("{q}: message lost across restart"));
+                assert_eq!(d.payload(), durability.as_str().as_bytes());
+                assert!(d.redelivered, "recovered messages may have been delivered before");
+            }
+        }
+    }
 }
 
 #[test]

@@ -589,6 +589,8 @@ impl Inner {
     }
 
     fn wait_reply_inner(&mut self, req: u64) -> Result<(), Error> {
+        // Acks travel ahead of the request, so its reply also means they reached the server.
+        self.flush_all_acks();
         self.write_all()?;
         let deadline = Instant::now() + self.opts.request_timeout;
         loop {

@@ -37,6 +37,15 @@ impl MsgRef {
     }
 }
 
+/// Milliseconds since the Unix epoch: only for comparing with message timestamps (TTL at
+/// recovery); the shards' own clocks are monotonic.
+pub fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Which shard owns a queue: a stable hash of its name (FNV-1a, so it never depends on the
 /// process's hash seed and every shard computes the same answer).
 pub fn owner_shard(name: &str, shards: usize) -> usize {

@@ -200,6 +200,28 @@ impl Queue {
         self.stats.published += n as u64;
     }
 
+    /// Loads messages recovered from the journal, in sequence order. They count as delivered
+    /// once (they may have been before the restart), so they arrive flagged redelivered.
+    pub fn restore(&mut self, msgs: impl Iterator<Item = (u64, MsgRef, u64)>, next_seq: u64) {
+        for (seq, rec, expires_ms) in msgs {
+            assert!(self.ready.back().is_none_or(|m| m.seq < seq), "recovered out of order");
+            self.ready.push_back(QMsg { rec, seq, deliveries: 1, expires_ms });
+        }
+        self.next_seq = next_seq;
+    }
+
+    /// The lowest sequence not yet settled (or the next sequence if every message is): storage
+    /// below it may be reclaimed.
+    pub fn floor(&self) -> u64 {
+        let unacked = self
+            .consumers
+            .iter()
+            .flat_map(|c| c.unacked.iter().filter_map(|u| u.msg.as_ref().map(|m| m.seq)))
+            .min();
+        let ready = self.ready.front().map(|m| m.seq);
+        [unacked, ready].into_iter().flatten().min().unwrap_or(self.next_seq)
+    }
+
     pub fn add_consumer(&mut self, key: SubKey, credit: u32) -> Result<(), QueueError> {
         assert!(credit > 0, "credit of zero is refused by the codec");
         if self.consumers.iter().any(|c| c.key == key) {
@@ -302,12 +324,14 @@ impl Queue {
 
     fn requeue(&mut self, mut msgs: Vec<QMsg>, dead: &mut Vec<QMsg>) {
         msgs.sort_by_key(|m| m.seq);
-        for m in msgs.into_iter().rev() {
+        for m in msgs {
             if m.deliveries >= self.opts.max_deliveries {
                 self.dead_letter(m, dead);
             } else {
                 self.stats.requeued += 1;
-                self.ready.push_front(m);
+                // `ready` stays in sequence order, so the queue's floor is its front.
+                let at = self.ready.partition_point(|r| r.seq < m.seq);
+                self.ready.insert(at, m);
             }
         }
     }

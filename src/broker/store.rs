@@ -1,7 +1,7 @@
 //! The boundary between a queue's in-memory state and where its messages are kept.
 //!
 //! A [`Store`] receives every appended batch and every settled position; it says how far the
-//! queue is durable. The in-memory store is durable at once; the journal (issue #3) slots in
+//! queue is durable. The in-memory store is durable at once; the journal slots in
 //! here, returning a durable position that lags until its group commit completes, and the queue
 //! confirms publishes only at or below it.
 
@@ -49,17 +49,5 @@ impl Store for MemoryStore {
 
     fn durability(&self) -> Durability {
         Durability::Memory
-    }
-}
-
-/// Opens the store for a queue at `durability`, or says why that level is not available.
-pub fn open(durability: Durability) -> Result<Box<dyn Store>, StoreError> {
-    match durability {
-        Durability::Memory => Ok(Box::new(MemoryStore::default())),
-        Durability::Flush | Durability::Fsync => Err(StoreError(format!(
-            "durability {:?} needs the journal, which is not built yet (issue #3); \
-             declare the queue with durability \"memory\"",
-            durability.as_str()
-        ))),
     }
 }

@@ -5,7 +5,6 @@
 //! are generous (the build machine has two noisy cores) and no test asserts on a duration.
 #![allow(dead_code)]
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -37,6 +36,7 @@ pub struct Server {
     pub shards: usize,
     pub dir: PathBuf,
     log: PathBuf,
+    config: String,
 }
 
 /// A fresh directory under the system temp dir, unique per process and call.
@@ -62,7 +62,33 @@ impl Server {
 
     /// Starts a server with `shards` shard threads and `config` as its TOML config file.
     pub fn start_with(shards: usize, config: &str) -> Server {
-        let dir = temp_dir("server");
+        Server::start_in(temp_dir("server"), shards, config)
+    }
+
+    /// Kills the server with SIGKILL (no chance to flush anything) and starts a new one on the
+    /// same data directory, as after a crash.
+    pub fn crash_and_restart(&mut self) {
+        self.kill9();
+        self.restart();
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a new server process on this one's data directory (the old one must be stopped).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the server first");
+        let next = Server::start_in(self.dir.clone(), self.shards, &self.config.clone());
+        let mut old = std::mem::replace(self, next);
+        old.dir = PathBuf::new(); // the directory now belongs to the new server
+    }
+
+    /// Starts a server whose data directory is `dir/data` (kept across restarts).
+    pub fn start_in(dir: PathBuf, shards: usize, config: &str) -> Server {
         let data = dir.join("data");
         let log = dir.join("server.log");
         let mut cmd = Command::new(rdmq_bin());
@@ -74,7 +100,12 @@ impl Server {
             std::fs::write(&path, config).expect("write config");
             cmd.arg("--config").arg(&path);
         }
-        let stderr = File::create(&log).expect("create server log");
+        // Appended, so a restarted server's log follows its predecessor's.
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open server log");
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -113,6 +144,7 @@ impl Server {
             shards,
             dir,
             log,
+            config: config.to_string(),
         }
     }
 
@@ -214,6 +246,9 @@ impl Drop for Server {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if self.dir.as_os_str().is_empty() {
+            return; // handed over to a restarted server
         }
         if std::thread::panicking() {
             eprintln!("---- server log ({}) ----\n{}", self.url, self.log());

@@ -26,11 +26,11 @@ use super::{begin_frame, end_frame, put_str16, DecodeError, Opcode, Reader, NAME
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
     /// In memory only; lost on restart.
-    #[default]
     Memory = 0,
     /// Written to the operating system before the confirm.
     Flush = 1,
-    /// Written and synced (group commit) before the confirm.
+    /// Written and synced (group commit) before the confirm. The default for queues.
+    #[default]
     Fsync = 2,
 }
 

@@ -1,0 +1,243 @@
+//! The shard's side of durable queues: creating them with a journal, recovering them at start,
+//! driving their journals' I/O each pass, and holding publish confirms until the journal's
+//! durable position covers them.
+//!
+//! Runs on the shard that owns the queue. See `journal/` for the journal itself.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use rdmq_client::error_code as code;
+use rdmq_client::Durability;
+
+use crate::broker::owner_shard;
+use crate::broker::queue::{Queue, QueueOptions};
+use crate::broker::store::{MemoryStore, Store};
+use crate::event::{ReplyKind, ReplyTo};
+use crate::journal::format::{queue_dir_name, queue_name_from_dir, QueueMeta};
+use crate::journal::{self, Journal, JournalStore};
+use crate::shard::Shard;
+
+/// A confirm waiting for its messages to become durable.
+pub struct Held {
+    pub end_seq: u64,
+    pub reply: ReplyTo,
+    pub position: u64,
+    pub count: u32,
+}
+
+/// A journal registered with its shard: the queue it belongs to, and whether the queue was
+/// deleted (its directory goes once its last I/O completes).
+pub struct JournalEntry {
+    pub queue: Arc<str>,
+    pub journal: Rc<RefCell<Journal>>,
+    pub deleted: bool,
+}
+
+impl Shard {
+    fn queues_root(&self) -> PathBuf {
+        self.cfg.data_dir.join("queues")
+    }
+
+    /// Creates queue `name`: in memory, or with a directory, metadata and a journal.
+    pub fn create_queue(&mut self, name: &Arc<str>, opts: QueueOptions) -> Result<(), String> {
+        let store: Box<dyn Store> = match opts.durability {
+            Durability::Memory => Box::new(MemoryStore::default()),
+            durability => {
+                let dir = self.queues_root().join(queue_dir_name(name));
+                if dir.exists() {
+                    // Left by a delete whose removal failed; recovery would have loaded a live one.
+                    std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                }
+                std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                let meta = QueueMeta {
+                    name: name.to_string(),
+                    durability: durability.as_str().to_string(),
+                    max_deliveries: opts.max_deliveries,
+                    max_length: opts.max_length,
+                    dead_letter: opts.dead_letter.clone(),
+                };
+                write_meta(&dir, &meta)
+                    .map_err(|e| format!("{}: meta.json: {e}", dir.display()))?;
+                journal::sync_dir(&self.queues_root()).map_err(|e| e.to_string())?;
+                let ring = self.journal_ring.clone();
+                let seg = self.cfg.segment_bytes;
+                let j =
+                    Journal::open(&dir, durability, seg, ring, Vec::new(), 0).map_err(|e| e.0)?;
+                Box::new(JournalStore(self.register_journal(name, j)))
+            }
+        };
+        self.queues.insert(name.clone(), Queue::new(name.clone(), opts, store));
+        Ok(())
+    }
+
+    fn register_journal(&mut self, name: &Arc<str>, j: Journal) -> Rc<RefCell<Journal>> {
+        let rc = Rc::new(RefCell::new(j));
+        let entry = JournalEntry { queue: name.clone(), journal: rc.clone(), deleted: false };
+        match self.journals.iter().position(Option::is_none) {
+            Some(i) => self.journals[i] = Some(entry),
+            None => self.journals.push(Some(entry)),
+        }
+        rc
+    }
+
+    /// Loads every durable queue this shard owns from the data directory.
+    pub fn recover_queues(&mut self) {
+        let root = self.queues_root();
+        let Ok(entries) = std::fs::read_dir(&root) else { return };
+        for entry in entries.flatten() {
+            let Some(name) = entry.file_name().to_str().and_then(queue_name_from_dir) else {
+                continue;
+            };
+            if owner_shard(&name, self.shards) != self.id as usize {
+                continue;
+            }
+            if let Err(e) = self.recover_queue(&name, entry.path()) {
+                eprintln!("rdmq: recovery: queue {name:?} not loaded: {e}");
+            }
+        }
+    }
+
+    fn recover_queue(&mut self, name: &str, dir: PathBuf) -> Result<(), String> {
+        let r = journal::recover(&dir)?;
+        let durability: Durability = r.meta.durability.parse()?;
+        let opts = QueueOptions {
+            durability,
+            max_deliveries: r.meta.max_deliveries,
+            max_length: r.meta.max_length,
+            dead_letter: r.meta.dead_letter.clone(),
+        };
+        let ring = self.journal_ring.clone();
+        let seg = self.cfg.segment_bytes;
+        let mut j =
+            Journal::open(&dir, durability, seg, ring, r.segments, r.next_seq).map_err(|e| e.0)?;
+        if let Some(why) = r.corrupt {
+            j.refuse(why);
+        }
+        let name: Arc<str> = name.into();
+        let rc = self.register_journal(&name, j);
+        let mut q = Queue::new(name.clone(), opts, Box::new(JournalStore(rc)));
+        let wall_ms = crate::broker::wall_clock_ms();
+        let now = self.now_ms;
+        let count = r.messages.len();
+        q.restore(
+            r.messages.into_iter().map(|m| {
+                let expires = if m.ttl_ms == 0 {
+                    0
+                } else {
+                    let deadline = m.timestamp_us / 1000 + m.ttl_ms as u64;
+                    now + deadline.saturating_sub(wall_ms).max(1)
+                };
+                (m.seq, m.rec, expires)
+            }),
+            r.next_seq,
+        );
+        eprintln!(
+            "rdmq: recovered queue {name:?} ({}): {count} messages, {} settled skipped",
+            durability.as_str(),
+            r.settled
+        );
+        self.queues.insert(name, q);
+        Ok(())
+    }
+
+    /// Drives every journal: acknowledgements to disk, queued writes and group syncs into the
+    /// ring, held confirms out once durable (or failed).
+    pub fn drive_journals(&mut self) {
+        for id in 0..self.journals.len() {
+            let Some(entry) = &self.journals[id] else { continue };
+            let (queue, j, deleted) = (entry.queue.clone(), entry.journal.clone(), entry.deleted);
+            let (durable, failed) = {
+                let mut jb = j.borrow_mut();
+                jb.flush_acks();
+                if let Some(w) = jb.next_write() {
+                    self.submit_journal_write(w, id as u32);
+                }
+                for fd in jb.next_syncs() {
+                    self.submit_journal_sync(fd, id as u32);
+                }
+                (jb.durable_position(), jb.failure().map(str::to_string))
+            };
+            self.release_held(&queue, durable, failed);
+            if deleted && !j.borrow().has_io() {
+                let dir = j.borrow().dir().to_path_buf();
+                self.journals[id] = None;
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    eprintln!("rdmq: cannot remove deleted queue {}: {e}", dir.display());
+                }
+            }
+        }
+    }
+
+    pub fn on_journal_completion(&mut self, write: bool, id: u32, result: i32) {
+        let Some(entry) = self.journals.get(id as usize).and_then(Option::as_ref) else {
+            panic!("completion for unknown journal {id}");
+        };
+        let mut j = entry.journal.borrow_mut();
+        if write {
+            j.write_done(result);
+        } else {
+            j.sync_done(result);
+        }
+    }
+
+    /// Holds a confirm until sequence `end_seq` is durable.
+    pub fn hold_confirm(&mut self, queue: &Arc<str>, held: Held) {
+        self.held.entry(queue.clone()).or_default().push_back(held);
+    }
+
+    fn release_held(&mut self, queue: &Arc<str>, durable: u64, failed: Option<String>) {
+        let Some(list) = self.held.get_mut(queue) else { return };
+        let mut ready: VecDeque<Held> = VecDeque::new();
+        while list.front().is_some_and(|h| h.end_seq <= durable || failed.is_some()) {
+            ready.push_back(list.pop_front().expect("checked"));
+        }
+        if list.is_empty() {
+            self.held.remove(queue);
+        }
+        for h in ready {
+            let kind = match (&failed, h.end_seq <= durable) {
+                (_, true) => ReplyKind::Confirm { position: h.position, count: h.count },
+                (Some(why), false) => ReplyKind::Error {
+                    code: code::STORAGE_FAILED,
+                    message: format!("{queue}: not stored: {why}"),
+                },
+                (None, false) => unreachable!("only durable or failed holds are released"),
+            };
+            self.reply(h.reply, kind);
+        }
+    }
+
+    /// Deletes settled segments of every durable queue (housekeeping).
+    pub fn retire_segments(&mut self) {
+        for entry in self.journals.iter().flatten() {
+            if let Some(q) = self.queues.get(&entry.queue) {
+                let floor = q.floor();
+                entry.journal.borrow_mut().retire_below(floor);
+            }
+        }
+    }
+
+    /// A durable queue was deleted: its journal finishes its I/O, then its directory goes.
+    pub fn drop_queue_storage(&mut self, name: &Arc<str>) {
+        for entry in self.journals.iter_mut().flatten() {
+            if &entry.queue == name {
+                entry.deleted = true;
+            }
+        }
+        self.held.remove(name);
+    }
+}
+
+fn write_meta(dir: &std::path::Path, meta: &QueueMeta) -> std::io::Result<()> {
+    let tmp = dir.join("meta.json.tmp");
+    let text = serde_json::to_vec_pretty(meta).expect("serialisable");
+    let f = std::fs::File::create(&tmp)?;
+    std::io::Write::write_all(&mut &f, &text)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join("meta.json"))?;
+    journal::sync_dir(dir)
+}
