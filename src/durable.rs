@@ -153,7 +153,7 @@ impl Shard {
             let (durable, failed) = {
                 let mut jb = j.borrow_mut();
                 jb.flush_acks();
-                if let Some(w) = jb.next_write() {
+                while let Some(w) = jb.next_write() {
                     self.submit_journal_write(w, id as u32);
                 }
                 for fd in jb.next_syncs() {
@@ -172,13 +172,13 @@ impl Shard {
         }
     }
 
-    pub fn on_journal_completion(&mut self, write: bool, id: u32, result: i32) {
+    pub fn on_journal_completion(&mut self, write: Option<u32>, id: u32, result: i32) {
         let Some(entry) = self.journals.get(id as usize).and_then(Option::as_ref) else {
             panic!("completion for unknown journal {id}");
         };
         let mut j = entry.journal.borrow_mut();
-        if write {
-            j.write_done(result);
+        if let Some(tag) = write {
+            j.write_done(tag, result);
         } else {
             j.sync_done(result);
         }

@@ -259,7 +259,7 @@ impl Shard {
     pub fn submit_journal_write(&mut self, w: WriteReq, journal: u32) {
         let ring = self.journal_ring.borrow();
         let buf = ring.bytes(w.claim);
-        let ud = user_data(op::JOURNAL_WRITE, 0, journal);
+        let ud = user_data(op::JOURNAL_WRITE, w.tag, journal);
         // SAFETY: the claim is leased to this write: the journal releases it only in
         // `write_done`, on this write's completion, and the ring outlives the io_uring.
         unsafe { self.ring.write_at(w.fd, buf, w.offset, ud) };
@@ -392,8 +392,8 @@ impl Shard {
             op::RECV => self.on_recv(slot, generation, c),
             op::SEND => self.on_send(slot, generation, c),
             op::WAKE => self.arm_wake(),
-            op::JOURNAL_WRITE => self.on_journal_completion(true, slot, c.result),
-            op::JOURNAL_SYNC => self.on_journal_completion(false, slot, c.result),
+            op::JOURNAL_WRITE => self.on_journal_completion(Some(generation), slot, c.result),
+            op::JOURNAL_SYNC => self.on_journal_completion(None, slot, c.result),
             op::CANCEL | op::CLOSE => {}
             other => panic!("completion with unknown op {other}"),
         }

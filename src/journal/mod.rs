@@ -56,7 +56,14 @@ pub struct WriteReq {
     pub fd: RawFd,
     pub claim: Claim,
     pub offset: u64,
+    /// Identifies the write in its completion (24 bits travel in the user data).
+    pub tag: u32,
 }
+
+/// Writes one journal keeps in flight: enough to hide the kernel's hand-off to its workers,
+/// few enough that a failing disk is noticed after little more is queued.
+pub const WRITES_IN_FLIGHT: usize = 8;
+const WRITE_TAG_MASK: u32 = 0xFF_FFFF;
 
 pub struct Journal {
     dir: PathBuf,
@@ -72,7 +79,10 @@ pub struct Journal {
     written: u64,
     durable: u64,
     queued: std::collections::VecDeque<Pending>,
-    in_flight: Option<Pending>,
+    /// Writes handed to the kernel, in submission order, each with its tag and whether it has
+    /// completed; `written` advances over the completed prefix only.
+    in_flight: std::collections::VecDeque<(u32, Pending, bool)>,
+    next_tag: u32,
     /// Files written since their last sync.
     unsynced: Vec<Rc<File>>,
     syncs_in_flight: usize,
@@ -125,7 +135,8 @@ impl Journal {
             written: next_seq,
             durable: next_seq,
             queued: Default::default(),
-            in_flight: None,
+            in_flight: Default::default(),
+            next_tag: 0,
             unsynced: Vec::new(),
             syncs_in_flight: 0,
             unsynced_in_flight: Vec::new(),
@@ -166,10 +177,10 @@ impl Journal {
         Ok(())
     }
 
-    /// The next write to submit, if none is in flight: queued spans that are adjacent both in
-    /// the ring and in the same file go out as one write.
+    /// The next write to submit, while fewer than [`WRITES_IN_FLIGHT`] are in flight: queued
+    /// spans adjacent both in the ring and in the same file go out as one write.
     pub fn next_write(&mut self) -> Option<WriteReq> {
-        if self.in_flight.is_some() || self.failed.is_some() {
+        if self.in_flight.len() >= WRITES_IN_FLIGHT || self.failed.is_some() {
             return None;
         }
         let mut p = self.queued.pop_front()?;
@@ -189,14 +200,22 @@ impl Journal {
             p.claims.extend(next.claims);
             p.end_seq = next.end_seq;
         }
-        let req = WriteReq { fd: p.file.as_raw_fd(), claim: p.claim, offset: p.offset };
-        self.in_flight = Some(p);
+        let tag = self.next_tag;
+        self.next_tag = (self.next_tag + 1) & WRITE_TAG_MASK;
+        let req = WriteReq { fd: p.file.as_raw_fd(), claim: p.claim, offset: p.offset, tag };
+        self.in_flight.push_back((tag, p, false));
         Some(req)
     }
 
-    /// The in-flight write finished with `result` (bytes written or -errno).
-    pub fn write_done(&mut self, result: i32) {
-        let p = self.in_flight.take().expect("a write was in flight");
+    /// The write with `tag` finished with `result` (bytes written or -errno).
+    pub fn write_done(&mut self, tag: u32, result: i32) {
+        let entry = self
+            .in_flight
+            .iter_mut()
+            .find(|(t, _, done)| *t == tag && !done)
+            .expect("completion for a write in flight");
+        entry.2 = true;
+        let p = entry.1.clone();
         for c in &p.claims {
             self.ring.borrow_mut().release(*c);
         }
@@ -209,9 +228,13 @@ impl Journal {
             self.fail(format!("segment write failed: {why}"));
             return;
         }
-        self.written = p.end_seq;
         if !self.unsynced.iter().any(|f| Rc::ptr_eq(f, &p.file)) {
             self.unsynced.push(p.file.clone());
+        }
+        // Only a completed prefix is written: a later write may land before an earlier one.
+        while let Some((_, p, true)) = self.in_flight.front() {
+            self.written = p.end_seq;
+            self.in_flight.pop_front();
         }
         if self.durability == Durability::Flush {
             self.durable = self.written;
@@ -264,7 +287,7 @@ impl Journal {
     }
 
     pub fn has_io(&self) -> bool {
-        !self.queued.is_empty() || self.in_flight.is_some() || self.syncs_in_flight > 0
+        !self.queued.is_empty() || !self.in_flight.is_empty() || self.syncs_in_flight > 0
     }
 
     /// Deletes segments whose every sequence is below `floor` (settled), writing the new floor
