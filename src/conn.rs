@@ -32,6 +32,8 @@ pub struct Conn {
     pub handshaken: bool,
     pub closing: bool,
     pub closing_since_ms: u64,
+    /// Shard clock at accept, for the handshake deadline.
+    pub accepted_ms: u64,
     pub flush_on_close: bool,
     pub close_reason: String,
     pub recv_armed: bool,
@@ -58,6 +60,7 @@ impl Conn {
             handshaken: false,
             closing: false,
             closing_since_ms: 0,
+            accepted_ms: 0,
             flush_on_close: false,
             close_reason: String::new(),
             recv_armed: true,

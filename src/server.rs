@@ -18,6 +18,8 @@ use crate::sys;
 /// A started server: its bound address and its shard threads.
 pub struct Server {
     pub addr: SocketAddr,
+    /// Held for the server's life: the data directory's exclusive lock.
+    _lock: std::fs::File,
     pub metrics: Arc<Metrics>,
     threads: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
 }
@@ -28,6 +30,20 @@ impl Server {
         sys::tune_allocator();
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| format!("cannot create data dir {}: {e}", cfg.data_dir.display()))?;
+        let lock = sys::lock_file(&cfg.data_dir.join("LOCK")).map_err(|e| {
+            format!("data dir {} is in use by another rdmq server ({e})", cfg.data_dir.display())
+        })?;
+        // SO_REUSEPORT would let a second server join this address and split its clients with
+        // the first; refuse if something already answers there.
+        if cfg.listen.port() != 0
+            && std::net::TcpStream::connect_timeout(
+                &cfg.listen,
+                std::time::Duration::from_millis(200),
+            )
+            .is_ok()
+        {
+            return Err(format!("cannot listen on {}: address already in use", cfg.listen));
+        }
         let n = cfg.shards;
         // Probe the kernel once, before anything listens: a ring with the flags and buffer ring
         // every shard will use (Linux 6.0 or newer), so a missing feature is one clear error.
@@ -100,7 +116,7 @@ impl Server {
                 .map_err(|e| format!("cannot spawn shard thread: {e}"))?;
             threads.push(t);
         }
-        Ok(Server { addr, metrics, threads })
+        Ok(Server { addr, _lock: lock, metrics, threads })
     }
 
     /// Waits for every shard to stop (after SIGINT/SIGTERM). Returns the first shard error.

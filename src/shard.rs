@@ -47,6 +47,9 @@ const HOUSEKEEPING_TICK: Duration = Duration::from_millis(100);
 /// How long a closing connection may take to write its final ERROR frame before the socket is
 /// shut down under it: a peer that stopped reading must not pin a slot forever.
 const CLOSE_LINGER_MS: u64 = 5_000;
+/// A connection must send HELLO this soon after connecting, or it is closed: a peer that
+/// never speaks must not hold a connection slot.
+const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 
 /// Operation kinds in the top byte of a completion's user data.
 pub mod op {
@@ -246,6 +249,17 @@ impl Shard {
             metrics::add(&self.metrics.expired, q.stats.expired - before);
         }
         let now = self.now_ms;
+        let silent: Vec<u32> = (0..self.conns.len() as u32)
+            .filter(|&s| {
+                self.conns[s as usize].as_ref().is_some_and(|c| {
+                    !c.handshaken && !c.closing && now >= c.accepted_ms + HANDSHAKE_TIMEOUT_MS
+                })
+            })
+            .collect();
+        for slot in silent {
+            let msg = "no HELLO within 10 s of connecting (is this an rdmq client?)";
+            crate::handlers::fatal(self, slot, rdmq_client::error_code::PROTOCOL_ERROR, msg);
+        }
         for conn in self.conns.iter_mut().flatten() {
             if conn.closing && conn.send_inflight && now >= conn.closing_since_ms + CLOSE_LINGER_MS
             {
@@ -416,7 +430,9 @@ impl Shard {
         let _ = sys::set_nodelay(fd);
         let generation = self.generations[slot as usize].wrapping_add(1) & 0xFF_FFFF;
         self.generations[slot as usize] = generation;
-        self.conns[slot as usize] = Some(Conn::new(fd, generation));
+        let mut conn = Conn::new(fd, generation);
+        conn.accepted_ms = self.now_ms;
+        self.conns[slot as usize] = Some(conn);
         self.ring.recv_multi(fd, user_data(op::RECV, generation, slot));
         metrics::add(&self.metrics.connections_accepted, 1);
     }

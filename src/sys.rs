@@ -126,6 +126,15 @@ pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Takes an exclusive `flock` on `path` (created if missing) for the life of the process, so two
+/// servers never share a data directory (their journals would corrupt each other).
+pub fn lock_file(path: &std::path::Path) -> io::Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+    // SAFETY: flock(2) on a descriptor we own; non-blocking, result checked.
+    cvt(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) })?;
+    Ok(f)
+}
+
 /// Shuts a socket down in both directions so operations pending on it fail promptly.
 pub fn shutdown(fd: RawFd) {
     // SAFETY: shutdown(2) on a descriptor the caller owns; errors (already closed) are harmless.

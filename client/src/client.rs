@@ -282,6 +282,10 @@ impl Connection {
     }
 
     pub fn declare_queue(&self, name: &str, opts: &QueueOptions) -> Result<(), Error> {
+        check_name("queue", name)?;
+        if !opts.dead_letter.is_empty() {
+            check_name("dead-letter queue", &opts.dead_letter)?;
+        }
         self.request(|out, req| {
             wire::declare::DeclareQueue {
                 name,
@@ -295,16 +299,19 @@ impl Connection {
     }
 
     pub fn delete_queue(&self, name: &str) -> Result<(), Error> {
+        check_name("queue", name)?;
         self.request(|out, req| wire::declare::Named { name }.encode(out, Opcode::DeleteQueue, req))
     }
 
     pub fn declare_topic(&self, name: &str) -> Result<(), Error> {
+        check_name("topic", name)?;
         self.request(|out, req| {
             wire::declare::Named { name }.encode(out, Opcode::DeclareTopic, req)
         })
     }
 
     pub fn delete_topic(&self, name: &str) -> Result<(), Error> {
+        check_name("topic", name)?;
         self.request(|out, req| wire::declare::Named { name }.encode(out, Opcode::DeleteTopic, req))
     }
 
@@ -338,6 +345,10 @@ impl Connection {
 
     /// Starts consuming `queue` with at most `credit` unacknowledged messages at a time.
     pub fn consume(&self, queue: &str, credit: u32) -> Result<Consumer, Error> {
+        check_name("queue", queue)?;
+        if credit == 0 {
+            return Err(Error::InvalidArgument("credit must be at least 1".into()));
+        }
         let id = self.inner.borrow_mut().sub_id();
         self.request(|out, req| wire::subscribe::Consume { id, credit, queue }.encode(out, req))?;
         let ack_batch = (credit as usize / 4).max(1);
@@ -346,6 +357,7 @@ impl Connection {
 
     /// Subscribes to topics matching `pattern` (`*` one word, `#` zero or more).
     pub fn subscribe(&self, pattern: &str) -> Result<Subscription, Error> {
+        check_name("topic pattern", pattern)?;
         let id = self.inner.borrow_mut().sub_id();
         self.request(|out, req| wire::subscribe::Subscribe { id, pattern }.encode(out, req))?;
         Ok(Subscription { inner: self.inner.clone(), id, open: true })
@@ -684,6 +696,7 @@ impl Producer {
     }
 
     fn send_with(&mut self, meta: &RecordMeta<'_>, payload: &[u8]) -> Result<Receipt, Error> {
+        check_name(if self.kind == DestKind::Queue { "queue" } else { "topic" }, &self.name)?;
         let mut inner = self.inner.borrow_mut();
         inner.check_open()?;
         inner.take_publish_error()?;
@@ -873,6 +886,19 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         let _ = self.unsubscribe();
     }
+}
+
+/// Destination names are 1 to 255 bytes on the wire; say so here rather than have the server
+/// close the connection over a malformed frame.
+fn check_name(what: &str, name: &str) -> Result<(), Error> {
+    if name.is_empty() || name.len() > wire::NAME_LEN_MAX {
+        return Err(Error::InvalidArgument(format!(
+            "{what} name must be 1 to {} bytes, got {}",
+            wire::NAME_LEN_MAX,
+            name.len()
+        )));
+    }
+    Ok(())
 }
 
 fn now_us() -> u64 {

@@ -18,6 +18,8 @@ pub enum Error {
     Closed(String),
     /// A bounded wait ran out.
     Timeout,
+    /// An argument the protocol cannot carry (checked before anything is sent).
+    InvalidArgument(String),
 }
 
 impl Error {
@@ -39,6 +41,7 @@ impl fmt::Display for Error {
             Error::Server { code, message } => write!(f, "server error {code}: {message}"),
             Error::Closed(why) => write!(f, "connection closed: {why}"),
             Error::Timeout => write!(f, "timed out"),
+            Error::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! `rdmq bench`: the workloads of DESIGN.md section 4, each run through the broker and then
+//! `rdmq bench`: the workloads of docs/ARCHITECTURE.md (Benchmarks), each run through the broker and then
 //! against a raw baseline on the same transport (the same frames between two processes with no
 //! broker), in one invocation, so figures can be quoted as ratios to the floor.
 //!
@@ -24,7 +24,7 @@ use super::peer::{
 
 /// Messages per raw PUBLISH frame: the client's default batch, so both sides batch alike.
 const RAW_BATCH_BYTES: usize = 64 << 10;
-/// Ping-pong warm-up round trips, not measured (DESIGN.md section 4).
+/// Ping-pong warm-up round trips, not measured.
 const PINGPONG_WARMUP: u64 = 2_000;
 /// How often the progress line is refreshed.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
@@ -60,7 +60,8 @@ pub struct BenchArgs {
     /// Shards for the spawned server. Default: the server's default (one per CPU)
     #[arg(long, requires = "spawn")]
     shards: Option<usize>,
-    /// Messages (round trips for pingpong). Default: per workload, as in DESIGN.md
+    /// Messages (round trips for pingpong). Default: shootout 20,000; pingpong 20,000;
+    /// stream, fanout, compete 1,000,000; rate 5 seconds' worth
     #[arg(long)]
     count: Option<u64>,
     /// Payload bytes (at least 16: sequence and timestamp). Default: 64; 1024 for shootout
@@ -156,6 +157,9 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         ));
     }
     let size = args.size.unwrap_or(if args.workload == Workload::Shootout { 1024 } else { 64 });
+    if args.count == Some(0) {
+        return Err("--count must be at least 1".into());
+    }
     if size < peer::PAYLOAD_HEADER {
         return Err(format!("--size must be at least {} bytes", peer::PAYLOAD_HEADER));
     }

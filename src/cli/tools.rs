@@ -34,7 +34,8 @@ pub struct ConsumeArgs {
     /// Queue to consume from.
     #[arg(long)]
     queue: String,
-    /// Acknowledge each message after printing it (otherwise they return to the queue on exit).
+    /// Acknowledge each message after printing it. Without it messages return to the queue on
+    /// exit, and a message returned `queue_max_deliveries` times (default 10) is dead-lettered.
     #[arg(long)]
     ack: bool,
     /// Stop after this many messages.
@@ -99,6 +100,9 @@ pub fn publish(a: PublishArgs) -> Result<(), String> {
                         .map_err(|e| e.to_string())?;
                 }
                 out.flush().map_err(|e| e.to_string())?;
+            } else if n == 0 {
+                // Even without --confirm, wait at the end so a refused publish is reported.
+                producer.flush().map_err(|e| e.to_string())?;
             } else {
                 producer.push().map_err(|e| e.to_string())?;
             }
