@@ -85,8 +85,10 @@ impl Server {
         let cfg = Arc::new(cfg);
         let metrics = Arc::new(Metrics::default());
         let mut threads = Vec::new();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         for (id, (listener, outbox)) in listeners.into_iter().zip(senders).enumerate().rev() {
             let init = ShardInit {
+                ready: ready_tx.clone(),
                 id: id as u16,
                 cfg: cfg.clone(),
                 metrics: metrics.clone(),
@@ -115,6 +117,14 @@ impl Server {
                 })
                 .map_err(|e| format!("cannot spawn shard thread: {e}"))?;
             threads.push(t);
+        }
+        drop(ready_tx);
+        // "Listening" means serving: wait until every shard has recovered its queues. A shard
+        // that fails first drops its sender, and its error surfaces in `join`.
+        for _ in 0..n {
+            if ready_rx.recv().is_err() {
+                break;
+            }
         }
         Ok(Server { addr, _lock: lock, metrics, threads })
     }

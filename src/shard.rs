@@ -100,6 +100,8 @@ pub struct Shard {
     /// Connections with output to send or subscriptions to pump.
     pub dirty_conns: Vec<u32>,
     pub queues: FxHashMap<Arc<str>, Queue>,
+    /// Dropped once used, so a start-up waiting for shards never waits on a dead one.
+    ready: Option<std::sync::mpsc::Sender<u16>>,
     dirty_queues: Vec<Arc<str>>,
     /// The journal write ring shared by this shard's durable queues.
     pub journal_ring: Rc<RefCell<Ring>>,
@@ -125,6 +127,8 @@ pub struct ShardInit {
     pub ctls: Arc<Vec<ShardCtl>>,
     pub inbox: Vec<Receiver<Vec<Event>>>,
     pub outbox: Vec<Option<Sender<Vec<Event>>>>,
+    /// Told once this shard has recovered its queues and is about to serve.
+    pub ready: std::sync::mpsc::Sender<u16>,
 }
 
 impl Shard {
@@ -142,6 +146,7 @@ impl Shard {
             ctls: init.ctls,
             inbox: init.inbox,
             outbox: init.outbox,
+            ready: Some(init.ready),
             staged: (0..n).map(|_| Vec::new()).collect(),
             local: VecDeque::new(),
             conns: (0..slots).map(|_| None).collect(),
@@ -169,6 +174,9 @@ impl Shard {
     pub fn run(mut self) -> std::io::Result<()> {
         // Durable queues first: nothing is accepted or applied until they are back.
         self.recover_queues();
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(self.id);
+        }
         self.ring.accept_multi(self.listener.as_raw_fd(), user_data(op::ACCEPT, 0, 0));
         self.arm_wake();
         self.ring.submit()?;

@@ -8,6 +8,9 @@ use clap::Args;
 use rdmq_client::{Connection, Consumer, Delivery, Error, Subscription};
 
 const DEFAULT_URL: &str = "tcp://127.0.0.1:7420";
+/// With `--confirm`, lines between confirm waits when input never pauses: big enough to batch,
+/// small enough that confirmed lines appear steadily.
+const CONFIRM_EVERY: usize = 4096;
 
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("dest").required(true).args(["queue", "topic"])))]
@@ -90,8 +93,10 @@ pub fn publish(a: PublishArgs) -> Result<(), String> {
                 batch.push(line.clone());
             }
         }
-        // Flush when input pauses (interactive use) or ends; piped input is sent in batches.
-        if n == 0 || input.fill_buf().map(|b| b.is_empty()).unwrap_or(true) {
+        // Flush when input pauses (interactive use) or ends, or every CONFIRM_EVERY lines of a
+        // stream that never pauses; piped input is sent in batches.
+        let paused = n == 0 || input.fill_buf().map(|b| b.is_empty()).unwrap_or(true);
+        if paused || (a.confirm && batch.len() >= CONFIRM_EVERY) {
             if a.confirm {
                 producer.flush().map_err(|e| e.to_string())?;
                 for l in batch.drain(..) {
