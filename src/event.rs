@@ -67,7 +67,21 @@ pub enum Event {
         multiple: bool,
         tags: Vec<u64>,
     },
+    /// BROWSE: copy up to `max` messages from position `from`, consuming nothing.
+    Browse {
+        reply: ReplyTo,
+        queue: Arc<str>,
+        id: u32,
+        from: u64,
+        max: u32,
+    },
     // To the connection's shard.
+    /// The answer to `Browse`: (position, record, deliveries so far).
+    Browsed {
+        to: ReplyTo,
+        id: u32,
+        msgs: Vec<(u64, crate::broker::MsgRef, u32)>,
+    },
     Deliver {
         key: SubKey,
         msgs: Vec<Delivered>,

@@ -18,7 +18,7 @@ use rdmq_client::wire::{self, Command, FrameHeader, PROTOCOL_VERSION};
 
 use crate::broker::pattern;
 use crate::broker::queue::{Delivered, QMsg, Queue, QueueOptions, Settle};
-use crate::broker::SubKey;
+use crate::broker::{MsgRef, SubKey};
 use crate::conn::SubState;
 use crate::durable::Held;
 use crate::event::{Event, ReplyKind, ReplyTo};
@@ -143,6 +143,17 @@ impl Shard {
             (true, Command::Nack(a)) => self.on_settle(slot, generation, Settle::Nack, h.flags, &a),
             (true, Command::Reject(a)) => {
                 self.on_settle(slot, generation, Settle::Reject, h.flags, &a)
+            }
+            (true, Command::Browse(b)) => {
+                let queue: Arc<str> = b.queue.into();
+                let ev = Event::Browse {
+                    reply,
+                    queue: queue.clone(),
+                    id: b.id,
+                    from: b.from,
+                    max: b.max,
+                };
+                self.route(self.queue_owner(&queue), ev);
             }
             (true, other) => {
                 let msg = format!("{} is sent by servers, not clients", name_of(&other));
@@ -365,6 +376,29 @@ impl Shard {
         self.route(owner, Event::DeadLetter { queue: dlq, durability, msgs });
     }
 
+    /// The answer to BROWSE: DELIVER frames tagged with positions, then OK.
+    fn write_browsed(&mut self, to: ReplyTo, id: u32, msgs: Vec<(u64, MsgRef, u32)>) {
+        let Some(conn) = self.conn(to.slot, to.generation) else { return };
+        if conn.closing {
+            return;
+        }
+        let mut w = DeliverWriter::begin(&mut conn.out, id);
+        let mut frame_start = conn.out.len();
+        for (seq, rec, deliveries) in &msgs {
+            if w.count() > 0
+                && conn.out.len() - frame_start + rec.bytes().len() > DELIVER_FRAME_BYTES
+            {
+                w.finish(&mut conn.out);
+                frame_start = conn.out.len();
+                w = DeliverWriter::begin(&mut conn.out, id);
+            }
+            w.push(&mut conn.out, *seq, *deliveries, 0, rec.bytes());
+        }
+        w.finish(&mut conn.out);
+        encode_ok(&mut conn.out, to.request_id);
+        self.dirty_conns.push(to.slot);
+    }
+
     fn write_deliveries(&mut self, key: SubKey, msgs: Vec<Delivered>) {
         let Some(conn) = self.conn(key.slot, key.generation) else {
             return;
@@ -516,6 +550,14 @@ pub fn apply(s: &mut Shard, ev: Event) {
             s.mark_queue_dirty(&queue);
         }
         Event::Deliver { key, msgs } => s.write_deliveries(key, msgs),
+        Event::Browse { reply, queue, id, from, max } => match s.queues.get(&queue) {
+            None => s.reply(reply, err(code::NOT_FOUND, format!("no queue {queue:?}"))),
+            Some(q) => {
+                let msgs = q.browse(from, max as usize);
+                s.route(reply.shard as usize, Event::Browsed { to: reply, id, msgs });
+            }
+        },
+        Event::Browsed { to, id, msgs } => s.write_browsed(to, id, msgs),
         Event::TopicDeliver { key, batch, spans } => s.buffer_topic(key, &batch, &spans),
         Event::Reply { to, kind } => s.write_reply(to, kind),
         Event::SubAdd { pattern, key } => s.subscriptions.add(&pattern, key),
@@ -625,6 +667,7 @@ fn name_of(cmd: &Command<'_>) -> &'static str {
         Command::Ack(_) => "ACK",
         Command::Nack(_) => "NACK",
         Command::Reject(_) => "REJECT",
+        Command::Browse(_) => "BROWSE",
         Command::Ok => "OK",
         Command::Error(_) => "ERROR",
     }

@@ -24,6 +24,8 @@ enum Cmd {
     Publish(cli::tools::PublishArgs),
     /// Receive messages from a queue and print one payload per line.
     Consume(cli::tools::ConsumeArgs),
+    /// Print a queue's messages, one payload per line, without consuming them.
+    Browse(cli::tools::BrowseArgs),
     /// Receive messages from topics matching a pattern and print one payload per line.
     Subscribe(cli::tools::SubscribeArgs),
     /// Run a benchmark workload beside its raw baseline (no broker) on the same transport.
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Cmd::Publish(a) => cli::tools::publish(a),
         Cmd::Consume(a) => cli::tools::consume(a),
         Cmd::Subscribe(a) => cli::tools::subscribe(a),
+        Cmd::Browse(a) => cli::tools::browse(a),
         Cmd::Bench(a) => cli::bench::run(a),
         Cmd::BenchPeer(a) => cli::peer::run(a),
     };

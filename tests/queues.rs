@@ -441,3 +441,42 @@ fn credit_limits_unacked_deliveries() {
         assert!(c2.receive(Some(QUIET)).unwrap().is_none(), "second consumer exceeded credit 2");
     }
 }
+
+#[test]
+fn browse_reads_without_consuming_and_pages_by_position() {
+    let server = Server::start(2);
+    let q = name_on_shard("browse", 1, 2);
+    let conn = server.connect();
+    let mut p = conn.queue_producer(&q);
+    for n in 0..10 {
+        p.send(format!("m{n}").as_bytes()).unwrap();
+    }
+    p.flush().unwrap();
+    // Three delivered and held unacknowledged: browsing still shows them, in position order.
+    let mut c = conn.consume(&q, 3).unwrap();
+    let held = recv_n(&mut c, 3);
+    let mut c2 = None;
+    let all = conn.browse(&q, 0, 100).unwrap();
+    let got: Vec<(u64, String)> = all.iter().map(|d| (d.tag, text(d))).collect();
+    let want: Vec<(u64, String)> = (0..10).map(|n| (n, format!("m{n}"))).collect();
+    assert_eq!(got, want);
+    let page: Vec<u64> = conn.browse(&q, 5, 2).unwrap().iter().map(|d| d.tag).collect();
+    assert_eq!(page, vec![5, 6]);
+    // Browsing consumed nothing: acking the three and draining the rest sees all ten once.
+    for d in &held {
+        c.ack(d).unwrap();
+    }
+    c.close().unwrap();
+    let c = c2.insert(conn.consume(&q, 10).unwrap());
+    let rest = recv_n(c, 7);
+    assert_eq!(
+        rest.iter().map(text).collect::<Vec<_>>(),
+        (3..10).map(|n| format!("m{n}")).collect::<Vec<_>>()
+    );
+    for d in &rest {
+        c.ack(d).unwrap();
+    }
+    c2.take().unwrap().close().unwrap();
+    assert!(conn.browse(&q, 0, 100).unwrap().is_empty());
+    assert_eq!(conn.browse("never.declared", 0, 1).unwrap_err().code(), Some(404));
+}

@@ -213,6 +213,11 @@ impl<V: Default> IdMap<V> {
         self.items.retain(|(k, _)| k != id);
     }
 
+    fn take(&mut self, id: &u32) -> Option<V> {
+        let i = self.items.iter().position(|(k, _)| k == id)?;
+        Some(self.items.swap_remove(i).1)
+    }
+
     fn ids(&self) -> impl Iterator<Item = u32> + '_ {
         self.items.iter().map(|(k, _)| *k)
     }
@@ -361,6 +366,23 @@ impl Connection {
         let id = self.inner.borrow_mut().sub_id();
         self.request(|out, req| wire::subscribe::Subscribe { id, pattern }.encode(out, req))?;
         Ok(Subscription { inner: self.inner.clone(), id, open: true })
+    }
+
+    /// Reads up to `max` messages of `queue` from position `from` without consuming them: those
+    /// waiting and those delivered but unacknowledged, in position order. Each delivery's
+    /// `tag` is its position; browse again from the last position + 1 to page on.
+    pub fn browse(&self, queue: &str, from: u64, max: u32) -> Result<Vec<Delivery>, Error> {
+        check_name("queue", queue)?;
+        if max == 0 || max > wire::browse::BROWSE_MAX {
+            let m = format!("browse max must be 1 to {}", wire::browse::BROWSE_MAX);
+            return Err(Error::InvalidArgument(m));
+        }
+        let id = self.inner.borrow_mut().sub_id();
+        let result =
+            self.request(|out, req| wire::browse::Browse { id, max, from, queue }.encode(out, req));
+        // The DELIVER frames arrive before the OK, so they are all here now.
+        let got = self.inner.borrow_mut().deliveries.take(&id).unwrap_or_default();
+        result.map(|()| got.into_iter().collect())
     }
 
     fn request(&self, encode: impl FnOnce(&mut Vec<u8>, u64)) -> Result<(), Error> {

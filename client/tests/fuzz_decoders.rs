@@ -12,6 +12,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use rdmq_client::wire::ack::Acks;
+use rdmq_client::wire::browse::Browse;
 use rdmq_client::wire::confirm::Confirm;
 use rdmq_client::wire::declare::{DeclareQueue, Durability, Named};
 use rdmq_client::wire::deliver::{DeliverWriter, ENTRY_HEADER_LEN};
@@ -121,6 +122,7 @@ fn corpus() -> Vec<Seed> {
         frame(|o| Acks::encode(o, Opcode::Ack, 0, 9, &[1, 5, u64::MAX])),
         frame(|o| Acks::encode(o, Opcode::Nack, 0, 9, &[3])),
         frame(|o| Acks::encode(o, Opcode::Reject, FLAG_MULTIPLE, 1, &[8])),
+        frame(|o| Browse { id: 6, max: 10, from: 3, queue: "q" }.encode(o, 13)),
         frame(|o| encode_ok(o, 11)),
         frame(|o| ErrorFrame { code: 404, message: "no queue \"x\"" }.encode(o, 12)),
     ];
@@ -236,7 +238,7 @@ fn crc32c(data: &[u8]) -> u32 {
     !crc
 }
 
-const OPCODES: [Opcode; 19] = [
+const OPCODES: [Opcode; 20] = [
     Opcode::Hello,
     Opcode::Welcome,
     Opcode::Ping,
@@ -254,6 +256,7 @@ const OPCODES: [Opcode; 19] = [
     Opcode::Ack,
     Opcode::Nack,
     Opcode::Reject,
+    Opcode::Browse,
     Opcode::Ok,
     Opcode::Error,
 ];

@@ -210,6 +210,26 @@ impl Queue {
         self.next_seq = next_seq;
     }
 
+    /// Up to `max` messages at or after position `from`, waiting or delivered-but-unsettled, in
+    /// position order: (position, record, deliveries so far). Nothing changes.
+    pub fn browse(&self, from: u64, max: usize) -> Vec<(u64, MsgRef, u32)> {
+        let start = self.ready.partition_point(|m| m.seq < from);
+        let mut out: Vec<(u64, MsgRef, u32)> = self
+            .ready
+            .range(start..)
+            .take(max)
+            .map(|m| (m.seq, m.rec.clone(), m.deliveries))
+            .collect();
+        for c in &self.consumers {
+            for m in c.unacked.iter().filter_map(|u| u.msg.as_ref()).filter(|m| m.seq >= from) {
+                out.push((m.seq, m.rec.clone(), m.deliveries));
+            }
+        }
+        out.sort_by_key(|m| m.0);
+        out.truncate(max);
+        out
+    }
+
     /// The lowest sequence not yet settled (or the next sequence if every message is): storage
     /// below it may be reclaimed.
     pub fn floor(&self) -> u64 {

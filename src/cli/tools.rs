@@ -118,6 +118,53 @@ pub fn publish(a: PublishArgs) -> Result<(), String> {
     }
 }
 
+#[derive(Args)]
+pub struct BrowseArgs {
+    /// Server URL.
+    #[arg(long, default_value = DEFAULT_URL)]
+    url: String,
+    /// Queue to read without consuming.
+    #[arg(long)]
+    queue: String,
+    /// First position to show.
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    /// Messages to show at most.
+    #[arg(long, default_value_t = 1000)]
+    max: u32,
+    /// Prefix each payload with its position and a tab.
+    #[arg(long)]
+    positions: bool,
+}
+
+/// Prints a queue's messages without consuming them.
+pub fn browse(a: BrowseArgs) -> Result<(), String> {
+    let conn = Connection::connect(&a.url).map_err(|e| format!("{}: {e}", a.url))?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let (mut from, mut left) = (a.from, a.max);
+    // Pages of at most the protocol's bound until `max` are shown or the queue ends.
+    while left > 0 {
+        let page = left.min(rdmq_client::wire::browse::BROWSE_MAX);
+        let got = conn.browse(&a.queue, from, page).map_err(|e| e.to_string())?;
+        for d in &got {
+            if a.positions {
+                write!(out, "{}\t", d.tag).map_err(|e| e.to_string())?;
+            }
+            out.write_all(d.payload())
+                .and_then(|_| out.write_all(b"\n"))
+                .map_err(|e| e.to_string())?;
+        }
+        let Some(last) = got.last() else { break };
+        from = last.tag + 1;
+        left -= got.len() as u32;
+        if (got.len() as u32) < page {
+            break;
+        }
+    }
+    out.flush().map_err(|e| e.to_string())
+}
+
 pub fn consume(a: ConsumeArgs) -> Result<(), String> {
     let conn = Connection::connect(&a.url).map_err(|e| format!("{}: {e}", a.url))?;
     let consumer = conn.consume(&a.queue, a.credit).map_err(|e| e.to_string())?;

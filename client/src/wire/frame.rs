@@ -64,6 +64,7 @@ pub enum Opcode {
     Ack = 0x34,
     Nack = 0x35,
     Reject = 0x36,
+    Browse = 0x37,
     Ok = 0x7E,
     Error = 0x7F,
 }
@@ -89,6 +90,7 @@ impl Opcode {
             0x34 => Ack,
             0x35 => Nack,
             0x36 => Reject,
+            0x37 => Browse,
             0x7E => Ok,
             0x7F => Error,
             _ => return None,

@@ -7,6 +7,7 @@
 //! are in `docs/PROTOCOL.md` and in each command's module doc.
 
 pub mod ack;
+pub mod browse;
 pub mod confirm;
 pub mod declare;
 pub mod deliver;
@@ -184,6 +185,7 @@ pub enum Command<'a> {
     Ack(ack::Acks<'a>),
     Nack(ack::Acks<'a>),
     Reject(ack::Acks<'a>),
+    Browse(browse::Browse<'a>),
     Ok,
     Error(error::ErrorFrame<'a>),
 }
@@ -210,6 +212,7 @@ pub fn decode<'a>(header: &FrameHeader, body: &'a [u8]) -> Result<Command<'a>, D
         Opcode::Ack => Command::Ack(ack::Acks::decode(&mut r)?),
         Opcode::Nack => Command::Nack(ack::Acks::decode(&mut r)?),
         Opcode::Reject => Command::Reject(ack::Acks::decode(&mut r)?),
+        Opcode::Browse => Command::Browse(browse::Browse::decode(&mut r)?),
         Opcode::Ok => Command::Ok,
         Opcode::Error => Command::Error(error::ErrorFrame::decode(&mut r)?),
     };
