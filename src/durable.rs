@@ -59,6 +59,7 @@ impl Shard {
                     max_deliveries: opts.max_deliveries,
                     max_length: opts.max_length,
                     dead_letter: opts.dead_letter.clone(),
+                    bindings: Vec::new(),
                 };
                 write_meta(&dir, &meta)
                     .map_err(|e| format!("{}: meta.json: {e}", dir.display()))?;
@@ -120,6 +121,14 @@ impl Shard {
         let name: Arc<str> = name.into();
         let rc = self.register_journal(&name, j);
         let mut q = Queue::new(name.clone(), opts, Box::new(JournalStore(rc)));
+        q.bindings = r.meta.bindings.clone();
+        for pattern in &r.meta.bindings {
+            let (pattern, queue): (Arc<str>, Arc<str>) = (pattern.as_str().into(), name.clone());
+            self.broadcast(|| crate::event::Event::BindAdd {
+                pattern: pattern.clone(),
+                queue: queue.clone(),
+            });
+        }
         let wall_ms = crate::broker::wall_clock_ms();
         let now = self.now_ms;
         let count = r.messages.len();
@@ -219,6 +228,25 @@ impl Shard {
                 entry.journal.borrow_mut().retire_below(floor);
             }
         }
+    }
+
+    /// Rewrites a durable queue's metadata with its current bindings (memory queues keep theirs
+    /// in memory only).
+    pub fn persist_bindings(&mut self, name: &Arc<str>) -> Result<(), String> {
+        let Some(q) = self.queues.get(name) else { return Ok(()) };
+        if q.opts.durability == Durability::Memory {
+            return Ok(());
+        }
+        let dir = self.queues_root().join(queue_dir_name(name));
+        let meta = QueueMeta {
+            name: name.to_string(),
+            durability: q.opts.durability.as_str().to_string(),
+            max_deliveries: q.opts.max_deliveries,
+            max_length: q.opts.max_length,
+            dead_letter: q.opts.dead_letter.clone(),
+            bindings: q.bindings.clone(),
+        };
+        write_meta(&dir, &meta).map_err(|e| format!("{}: meta.json: {e}", dir.display()))
     }
 
     /// A durable queue was deleted: its journal finishes its I/O, then its directory goes.

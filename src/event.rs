@@ -67,6 +67,24 @@ pub enum Event {
         multiple: bool,
         tags: Vec<u64>,
     },
+    /// BIND/UNBIND at the queue's owner, which records the binding with the queue and then
+    /// broadcasts it.
+    Bind {
+        reply: ReplyTo,
+        queue: Arc<str>,
+        pattern: Arc<str>,
+        add: bool,
+    },
+    /// To every shard: topic messages matching `pattern` go to `queue` too.
+    BindAdd {
+        pattern: Arc<str>,
+        queue: Arc<str>,
+    },
+    /// To every shard: drop `queue`'s binding to `pattern`, or all its bindings if `None`.
+    BindRemove {
+        queue: Arc<str>,
+        pattern: Option<Arc<str>>,
+    },
     /// BROWSE: copy up to `max` messages from position `from`, consuming nothing.
     Browse {
         reply: ReplyTo,

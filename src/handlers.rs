@@ -144,6 +144,16 @@ impl Shard {
             (true, Command::Reject(a)) => {
                 self.on_settle(slot, generation, Settle::Reject, h.flags, &a)
             }
+            (true, Command::Bind(b)) | (true, Command::Unbind(b)) => {
+                if let Err(e) = pattern::validate_pattern(b.pattern) {
+                    return self.reply(reply, err(code::INVALID_ARGUMENT, e.0));
+                }
+                let add = h.opcode == wire::Opcode::Bind as u8;
+                let queue: Arc<str> = b.queue.into();
+                let ev =
+                    Event::Bind { reply, queue: queue.clone(), pattern: b.pattern.into(), add };
+                self.route(self.queue_owner(&queue), ev);
+            }
             (true, Command::Browse(b)) => {
                 let queue: Arc<str> = b.queue.into();
                 let ev = Event::Browse {
@@ -234,6 +244,7 @@ impl Shard {
                     let msg = format!("no topic {:?} (auto_create is off)", p.name);
                     return self.reply(reply, err(code::NOT_FOUND, msg));
                 }
+                self.route_to_bound_queues(p.name, body, &p);
                 let mut targets: Vec<SubKey> = Vec::new();
                 self.subscriptions.for_each_match(p.name, |k| targets.push(k));
                 if !targets.is_empty() {
@@ -376,6 +387,36 @@ impl Shard {
         self.route(owner, Event::DeadLetter { queue: dlq, durability, msgs });
     }
 
+    /// Appends a topic publish to every queue bound to a matching pattern (durable
+    /// subscriptions). The topic's confirm does not wait for these appends.
+    fn route_to_bound_queues(&mut self, topic: &str, body: &[u8], p: &Publish<'_>) {
+        let mut queues: Vec<Arc<str>> = self
+            .bindings
+            .iter()
+            .filter(|(pat, _)| pattern::matches(pat, topic))
+            .map(|(_, q)| q.clone())
+            .collect();
+        if queues.is_empty() {
+            return;
+        }
+        queues.sort_unstable();
+        queues.dedup();
+        let batch: Arc<[u8]> = Arc::from(&body[p.batch_offset..]);
+        // Nobody waits for these appends: errors are dropped at the reply (no such slot).
+        let reply = ReplyTo { shard: self.id, slot: u32::MAX, generation: 0, request_id: 0 };
+        for queue in queues {
+            let owner = self.queue_owner(&queue);
+            let ev = Event::Publish {
+                reply,
+                confirm: false,
+                queue,
+                batch: batch.clone(),
+                count: p.batch.count,
+            };
+            self.route(owner, ev);
+        }
+    }
+
     /// The answer to BROWSE: DELIVER frames tagged with positions, then OK.
     fn write_browsed(&mut self, to: ReplyTo, id: u32, msgs: Vec<(u64, MsgRef, u32)>) {
         let Some(conn) = self.conn(to.slot, to.generation) else { return };
@@ -469,6 +510,8 @@ pub fn apply(s: &mut Shard, ev: Event) {
                 Some(_) => {
                     s.queues.remove(&name);
                     s.drop_queue_storage(&name);
+                    let queue = name.clone();
+                    s.broadcast(|| Event::BindRemove { queue: queue.clone(), pattern: None });
                     ReplyKind::Ok
                 }
             };
@@ -558,6 +601,50 @@ pub fn apply(s: &mut Shard, ev: Event) {
             }
         },
         Event::Browsed { to, id, msgs } => s.write_browsed(to, id, msgs),
+        Event::Bind { reply, queue, pattern, add } => {
+            let q = if add {
+                match s.queue_or_create(&queue, None) {
+                    Ok(q) => q,
+                    Err(kind) => return s.reply(reply, kind),
+                }
+            } else {
+                match s.queues.get_mut(&queue) {
+                    Some(q) => q,
+                    None => {
+                        return s.reply(reply, err(code::NOT_FOUND, format!("no queue {queue:?}")))
+                    }
+                }
+            };
+            let had = q.bindings.iter().any(|b| **b == *pattern);
+            if add && !had {
+                q.bindings.push(pattern.to_string());
+            } else if !add && had {
+                q.bindings.retain(|b| **b != *pattern);
+            }
+            if let Err(e) = s.persist_bindings(&queue) {
+                return s.reply(reply, err(code::STORAGE_FAILED, e));
+            }
+            if add {
+                s.broadcast_then_ok(reply, || Event::BindAdd {
+                    pattern: pattern.clone(),
+                    queue: queue.clone(),
+                });
+            } else {
+                let pattern = Some(pattern.clone());
+                s.broadcast_then_ok(reply, || Event::BindRemove {
+                    queue: queue.clone(),
+                    pattern: pattern.clone(),
+                });
+            }
+        }
+        Event::BindAdd { pattern, queue } => {
+            if !s.bindings.iter().any(|(p, q)| *p == pattern && *q == queue) {
+                s.bindings.push((pattern, queue));
+            }
+        }
+        Event::BindRemove { queue, pattern } => {
+            s.bindings.retain(|(p, q)| *q != queue || pattern.as_ref().is_some_and(|x| x != p));
+        }
         Event::TopicDeliver { key, batch, spans } => s.buffer_topic(key, &batch, &spans),
         Event::Reply { to, kind } => s.write_reply(to, kind),
         Event::SubAdd { pattern, key } => s.subscriptions.add(&pattern, key),
@@ -668,6 +755,8 @@ fn name_of(cmd: &Command<'_>) -> &'static str {
         Command::Nack(_) => "NACK",
         Command::Reject(_) => "REJECT",
         Command::Browse(_) => "BROWSE",
+        Command::Bind(_) => "BIND",
+        Command::Unbind(_) => "UNBIND",
         Command::Ok => "OK",
         Command::Error(_) => "ERROR",
     }

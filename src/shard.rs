@@ -44,6 +44,8 @@ const MAILBOX_SLOTS_PER_PASS: usize = 64;
 const SQ_ENTRIES: u32 = 4096;
 /// Longest sleep in the ring: bounds how late TTL expiry and shutdown are noticed.
 const HOUSEKEEPING_TICK: Duration = Duration::from_millis(100);
+/// Longest a stopping shard waits for its journals' queued writes and syncs.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 /// How long a closing connection may take to write its final ERROR frame before the socket is
 /// shut down under it: a peer that stopped reading must not pin a slot forever.
 const CLOSE_LINGER_MS: u64 = 5_000;
@@ -110,6 +112,8 @@ pub struct Shard {
     /// Publish confirms waiting for their queue's durable position, per queue in order.
     pub held: FxHashMap<Arc<str>, VecDeque<Held>>,
     pub subscriptions: SubscriptionTable,
+    /// Topic pattern → queue bindings (durable subscriptions), replicated on every shard.
+    pub bindings: Vec<(Arc<str>, Arc<str>)>,
     pub topics: FxHashMap<Arc<str>, ()>,
     pub topic_seq: u64,
     wake_buf: Box<u64>,
@@ -159,6 +163,7 @@ impl Shard {
             journals: Vec::new(),
             held: FxHashMap::default(),
             subscriptions: SubscriptionTable::default(),
+            bindings: Vec::new(),
             topics: FxHashMap::default(),
             topic_seq: 0,
             wake_buf: Box::new(0),
@@ -195,6 +200,20 @@ impl Shard {
             }
             self.sleep()?;
             idle_since = None;
+        }
+        self.drain_journals()
+    }
+
+    /// On shutdown, lets every journal finish the writes and syncs it has queued, so what was
+    /// accepted reaches the disk; bounded by `SHUTDOWN_DRAIN`.
+    fn drain_journals(&mut self) -> std::io::Result<()> {
+        let deadline = Instant::now() + SHUTDOWN_DRAIN;
+        while Instant::now() < deadline
+            && self.journals.iter().flatten().any(|e| e.journal.borrow().has_io())
+        {
+            if self.pass()? == 0 {
+                self.ring.submit_and_wait(Duration::from_millis(10))?;
+            }
         }
         Ok(())
     }

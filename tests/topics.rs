@@ -299,3 +299,57 @@ fn subscribe_ok_means_every_shard_matches() {
     p.flush().unwrap();
     assert_eq!(text(&probe.receive(Some(RECV_TIMEOUT)).unwrap().unwrap()), "done");
 }
+
+/// A durable subscription is a queue bound to a pattern: what is published while its consumer is
+/// away waits for it, across a server restart, and what it acknowledged stays acknowledged.
+#[test]
+fn durable_subscription_keeps_messages_while_away_and_across_restart() {
+    let mut server = Server::start(2);
+    let name = name_on_shard("audit", 1, 2);
+    {
+        let conn = server.connect();
+        let mut sub = conn.durable_subscribe(&name, "news.#", 16).unwrap();
+        let mut p = conn.topic_producer("news.eu");
+        p.send(b"first").unwrap();
+        p.flush().unwrap();
+        let d = sub.receive(Some(RECV_TIMEOUT)).unwrap().expect("first");
+        assert_eq!(d.payload(), b"first");
+        sub.ack(&d).unwrap();
+        sub.close().unwrap();
+    }
+    // Away: three more on matching topics, one on a topic that does not match.
+    {
+        let conn = server.connect();
+        for (topic, body) in
+            [("news.eu", "a"), ("news.us.east", "b"), ("sport.eu", "x"), ("news", "c")]
+        {
+            let mut p = conn.topic_producer(topic);
+            p.send(body.as_bytes()).unwrap();
+            p.flush().unwrap();
+        }
+        // Topic confirms do not wait for bound queues: wait until all three are in the queue.
+        let deadline = std::time::Instant::now() + RECV_TIMEOUT;
+        while conn.browse(&name, 0, 10).unwrap().len() < 3 {
+            assert!(std::time::Instant::now() < deadline, "bound queue never filled");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    server.stop();
+    server.restart();
+    let conn = server.connect();
+    let mut sub = conn.durable_subscribe(&name, "news.#", 16).unwrap();
+    let got: Vec<String> = recv_n(&mut sub, 3).iter().map(text).collect();
+    assert_eq!(got, vec!["a", "b", "c"], "the acknowledged 'first' never returns, 'x' never came");
+    assert!(sub.receive(Some(QUIET)).unwrap().is_none());
+    // The binding itself survived the restart: new messages keep arriving.
+    let mut p = conn.topic_producer("news.eu");
+    p.send(b"after").unwrap();
+    p.flush().unwrap();
+    assert_eq!(sub.receive(Some(RECV_TIMEOUT)).unwrap().expect("after").payload(), b"after");
+    // Unbinding stops the flow; deleting the queue ends the subscription.
+    conn.unbind(&name, "news.#").unwrap();
+    p.send(b"unbound").unwrap();
+    p.flush().unwrap();
+    let late = sub.receive(Some(QUIET)).unwrap();
+    assert!(late.is_none(), "unbound queue still received {:?}", late.map(|d| text(&d)));
+}

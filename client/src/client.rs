@@ -368,6 +368,40 @@ impl Connection {
         Ok(Subscription { inner: self.inner.clone(), id, open: true })
     }
 
+    /// Routes messages published on topics matching `pattern` into `queue` as well.
+    pub fn bind(&self, queue: &str, pattern: &str) -> Result<(), Error> {
+        check_name("queue", queue)?;
+        check_name("topic pattern", pattern)?;
+        self.request(|out, req| wire::bind::Bind { queue, pattern }.encode(out, Opcode::Bind, req))
+    }
+
+    pub fn unbind(&self, queue: &str, pattern: &str) -> Result<(), Error> {
+        check_name("queue", queue)?;
+        check_name("topic pattern", pattern)?;
+        self.request(|out, req| {
+            wire::bind::Bind { queue, pattern }.encode(out, Opcode::Unbind, req)
+        })
+    }
+
+    /// A durable subscription named `name`: a queue bound to `pattern` (created `fsync` if
+    /// new), consumed with `credit`. Messages published while the subscriber is away wait for it;
+    /// what it acknowledges is its cursor. End it with `delete_queue(name)`.
+    pub fn durable_subscribe(
+        &self,
+        name: &str,
+        pattern: &str,
+        credit: u32,
+    ) -> Result<Consumer, Error> {
+        match self.declare_queue(name, &QueueOptions::default()) {
+            Ok(()) => {}
+            // Already there with other options: subscribe to it as it is.
+            Err(e) if e.code() == Some(wire::error::code::PRECONDITION_FAILED) => {}
+            Err(e) => return Err(e),
+        }
+        self.bind(name, pattern)?;
+        self.consume(name, credit)
+    }
+
     /// Reads up to `max` messages of `queue` from position `from` without consuming them: those
     /// waiting and those delivered but unacknowledged, in position order. Each delivery's
     /// `tag` is its position; browse again from the last position + 1 to page on.

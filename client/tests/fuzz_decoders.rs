@@ -12,6 +12,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use rdmq_client::wire::ack::Acks;
+use rdmq_client::wire::bind::Bind;
 use rdmq_client::wire::browse::Browse;
 use rdmq_client::wire::confirm::Confirm;
 use rdmq_client::wire::declare::{DeclareQueue, Durability, Named};
@@ -123,6 +124,8 @@ fn corpus() -> Vec<Seed> {
         frame(|o| Acks::encode(o, Opcode::Nack, 0, 9, &[3])),
         frame(|o| Acks::encode(o, Opcode::Reject, FLAG_MULTIPLE, 1, &[8])),
         frame(|o| Browse { id: 6, max: 10, from: 3, queue: "q" }.encode(o, 13)),
+        frame(|o| Bind { queue: "q", pattern: "a.#" }.encode(o, Opcode::Bind, 14)),
+        frame(|o| Bind { queue: "q", pattern: "a.*" }.encode(o, Opcode::Unbind, 15)),
         frame(|o| encode_ok(o, 11)),
         frame(|o| ErrorFrame { code: 404, message: "no queue \"x\"" }.encode(o, 12)),
     ];
@@ -238,7 +241,7 @@ fn crc32c(data: &[u8]) -> u32 {
     !crc
 }
 
-const OPCODES: [Opcode; 20] = [
+const OPCODES: [Opcode; 22] = [
     Opcode::Hello,
     Opcode::Welcome,
     Opcode::Ping,
@@ -257,6 +260,8 @@ const OPCODES: [Opcode; 20] = [
     Opcode::Nack,
     Opcode::Reject,
     Opcode::Browse,
+    Opcode::Bind,
+    Opcode::Unbind,
     Opcode::Ok,
     Opcode::Error,
 ];

@@ -116,6 +116,8 @@ pub struct Queue {
     consumers: Vec<ConsumerState>,
     rr: usize,
     pub stats: QueueStats,
+    /// Topic patterns whose messages are appended here (durable subscriptions).
+    pub bindings: Vec<String>,
 }
 
 impl Queue {
@@ -131,6 +133,7 @@ impl Queue {
             consumers: Vec::new(),
             rr: 0,
             stats: QueueStats::default(),
+            bindings: Vec::new(),
         }
     }
 

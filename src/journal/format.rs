@@ -49,6 +49,9 @@ pub struct QueueMeta {
     pub max_deliveries: u32,
     pub max_length: u32,
     pub dead_letter: Option<String>,
+    /// Topic patterns bound to the queue (durable subscriptions).
+    #[serde(default)]
+    pub bindings: Vec<String>,
 }
 
 pub fn encode_ack(seq: u64, out: &mut Vec<u8>) {

@@ -7,6 +7,7 @@
 //! are in `docs/PROTOCOL.md` and in each command's module doc.
 
 pub mod ack;
+pub mod bind;
 pub mod browse;
 pub mod confirm;
 pub mod declare;
@@ -186,6 +187,8 @@ pub enum Command<'a> {
     Nack(ack::Acks<'a>),
     Reject(ack::Acks<'a>),
     Browse(browse::Browse<'a>),
+    Bind(bind::Bind<'a>),
+    Unbind(bind::Bind<'a>),
     Ok,
     Error(error::ErrorFrame<'a>),
 }
@@ -213,6 +216,8 @@ pub fn decode<'a>(header: &FrameHeader, body: &'a [u8]) -> Result<Command<'a>, D
         Opcode::Nack => Command::Nack(ack::Acks::decode(&mut r)?),
         Opcode::Reject => Command::Reject(ack::Acks::decode(&mut r)?),
         Opcode::Browse => Command::Browse(browse::Browse::decode(&mut r)?),
+        Opcode::Bind => Command::Bind(bind::Bind::decode(&mut r)?),
+        Opcode::Unbind => Command::Unbind(bind::Bind::decode(&mut r)?),
         Opcode::Ok => Command::Ok,
         Opcode::Error => Command::Error(error::ErrorFrame::decode(&mut r)?),
     };
