@@ -59,6 +59,8 @@ impl Shard {
                     max_deliveries: opts.max_deliveries,
                     max_length: opts.max_length,
                     dead_letter: opts.dead_letter.clone(),
+                    max_bytes: opts.max_bytes,
+                    max_age_ms: opts.max_age_ms,
                     bindings: Vec::new(),
                 };
                 write_meta(&dir, &meta)
@@ -110,6 +112,8 @@ impl Shard {
             max_deliveries: r.meta.max_deliveries,
             max_length: r.meta.max_length,
             dead_letter: r.meta.dead_letter.clone(),
+            max_bytes: r.meta.max_bytes,
+            max_age_ms: r.meta.max_age_ms,
         };
         let ring = self.journal_ring.clone();
         let seg = self.cfg.segment_bytes;
@@ -131,16 +135,18 @@ impl Shard {
         }
         let wall_ms = crate::broker::wall_clock_ms();
         let now = self.now_ms;
-        let count = r.messages.len();
+        let count = r.messages.iter().filter(|m| !m.settled).count();
         q.restore(
             r.messages.into_iter().map(|m| {
-                let expires = if m.ttl_ms == 0 {
-                    0
-                } else {
-                    let deadline = m.timestamp_us / 1000 + m.ttl_ms as u64;
-                    now + deadline.saturating_sub(wall_ms).max(1)
+                // The earlier of the message's TTL and the queue's max age, from its timestamp.
+                let published_ms = m.timestamp_us / 1000;
+                let ttl = (m.ttl_ms > 0).then(|| published_ms + m.ttl_ms as u64);
+                let age = (r.meta.max_age_ms > 0).then(|| published_ms + r.meta.max_age_ms);
+                let expires = match ttl.into_iter().chain(age).min() {
+                    None => 0,
+                    Some(deadline) => now + deadline.saturating_sub(wall_ms).max(1),
                 };
-                (m.seq, m.rec, expires)
+                (m.seq, m.rec, expires, m.settled)
             }),
             r.next_seq,
         );
@@ -244,6 +250,8 @@ impl Shard {
             max_deliveries: q.opts.max_deliveries,
             max_length: q.opts.max_length,
             dead_letter: q.opts.dead_letter.clone(),
+            max_bytes: q.opts.max_bytes,
+            max_age_ms: q.opts.max_age_ms,
             bindings: q.bindings.clone(),
         };
         write_meta(&dir, &meta).map_err(|e| format!("{}: meta.json: {e}", dir.display()))

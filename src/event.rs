@@ -85,6 +85,12 @@ pub enum Event {
         queue: Arc<str>,
         pattern: Option<Arc<str>>,
     },
+    /// SEEK at the queue's owner.
+    Seek {
+        reply: ReplyTo,
+        queue: Arc<str>,
+        to: crate::broker::queue::SeekTo,
+    },
     /// BROWSE: copy up to `max` messages from position `from`, consuming nothing.
     Browse {
         reply: ReplyTo,

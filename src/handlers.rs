@@ -17,7 +17,7 @@ use rdmq_client::wire::record::BatchView;
 use rdmq_client::wire::{self, Command, FrameHeader, PROTOCOL_VERSION};
 
 use crate::broker::pattern;
-use crate::broker::queue::{Delivered, QMsg, Queue, QueueOptions, Settle};
+use crate::broker::queue::{Delivered, QMsg, Queue, QueueOptions, SeekTo, Settle};
 use crate::broker::{MsgRef, SubKey};
 use crate::conn::SubState;
 use crate::durable::Held;
@@ -97,14 +97,7 @@ impl Shard {
                 self.dirty_conns.push(slot);
             }
             (true, Command::DeclareQueue(d)) => {
-                let Some(opts) = self.queue_options(
-                    reply,
-                    d.durability,
-                    d.max_deliveries,
-                    d.max_length,
-                    d.name,
-                    d.dead_letter,
-                ) else {
+                let Some(opts) = self.queue_options(reply, &d) else {
                     return;
                 };
                 let name: Arc<str> = d.name.into();
@@ -154,6 +147,14 @@ impl Shard {
                     Event::Bind { reply, queue: queue.clone(), pattern: b.pattern.into(), add };
                 self.route(self.queue_owner(&queue), ev);
             }
+            (true, Command::Seek(sk)) => {
+                let queue: Arc<str> = sk.queue.into();
+                let to = match sk.target {
+                    rdmq_client::SeekTarget::Position(p) => SeekTo::Position(p),
+                    rdmq_client::SeekTarget::TimestampUs(t) => SeekTo::TimestampUs(t),
+                };
+                self.route(self.queue_owner(&queue), Event::Seek { reply, queue, to });
+            }
             (true, Command::Browse(b)) => {
                 let queue: Arc<str> = b.queue.into();
                 let ev = Event::Browse {
@@ -197,30 +198,28 @@ impl Shard {
     fn queue_options(
         &mut self,
         reply: ReplyTo,
-        durability: rdmq_client::Durability,
-        max_deliveries: u32,
-        max_length: u32,
-        name: &str,
-        dead_letter: &str,
+        d: &rdmq_client::wire::declare::DeclareQueue<'_>,
     ) -> Option<QueueOptions> {
-        let dead_letter =
-            if dead_letter.is_empty() { format!("{name}.dlq") } else { dead_letter.to_string() };
-        if dead_letter == name {
+        let dead_letter = if d.dead_letter.is_empty() {
+            format!("{}.dlq", d.name)
+        } else {
+            d.dead_letter.to_string()
+        };
+        if dead_letter == d.name {
             self.reply(
                 reply,
                 err(code::INVALID_ARGUMENT, "a queue cannot be its own dead-letter queue".into()),
             );
             return None;
         }
+        let or = |v: u32, default: u32| if v == 0 { default } else { v };
         Some(QueueOptions {
-            durability,
-            max_deliveries: if max_deliveries == 0 {
-                self.cfg.queue_max_deliveries
-            } else {
-                max_deliveries
-            },
-            max_length: if max_length == 0 { self.cfg.queue_max_length } else { max_length },
+            durability: d.durability,
+            max_deliveries: or(d.max_deliveries, self.cfg.queue_max_deliveries),
+            max_length: or(d.max_length, self.cfg.queue_max_length),
             dead_letter: Some(dead_letter),
+            max_bytes: d.max_bytes,
+            max_age_ms: d.max_age_ms,
         })
     }
 
@@ -366,6 +365,8 @@ impl Shard {
                 max_deliveries: self.cfg.queue_max_deliveries,
                 max_length: self.cfg.queue_max_length,
                 dead_letter: dead_letter_of.is_none().then(|| format!("{name}.dlq")),
+                max_bytes: 0,
+                max_age_ms: 0,
             };
             self.create_queue(name, opts).map_err(|e| err(code::STORAGE_FAILED, e))?;
         }
@@ -542,9 +543,10 @@ pub fn apply(s: &mut Shard, ev: Event) {
                         s.hold_confirm(&queue, held);
                     }
                 }
-                Err(e @ crate::broker::queue::QueueError::Full { .. }) => {
-                    s.reply(reply, err(code::RESOURCE_LIMIT, format!("{queue}: {e}")))
-                }
+                Err(
+                    e @ (crate::broker::queue::QueueError::Full { .. }
+                    | crate::broker::queue::QueueError::FullBytes { .. }),
+                ) => s.reply(reply, err(code::RESOURCE_LIMIT, format!("{queue}: {e}"))),
                 Err(e) => s.reply(reply, err(code::STORAGE_FAILED, format!("{queue}: {e}"))),
             }
         }
@@ -601,6 +603,17 @@ pub fn apply(s: &mut Shard, ev: Event) {
             }
         },
         Event::Browsed { to, id, msgs } => s.write_browsed(to, id, msgs),
+        Event::Seek { reply, queue, to } => {
+            let kind = match s.queues.get_mut(&queue) {
+                None => err(code::NOT_FOUND, format!("no queue {queue:?}")),
+                Some(q) => {
+                    q.seek(to);
+                    ReplyKind::Ok
+                }
+            };
+            s.mark_queue_dirty(&queue);
+            s.reply(reply, kind);
+        }
         Event::Bind { reply, queue, pattern, add } => {
             let q = if add {
                 match s.queue_or_create(&queue, None) {
@@ -756,6 +769,7 @@ fn name_of(cmd: &Command<'_>) -> &'static str {
         Command::Reject(_) => "REJECT",
         Command::Browse(_) => "BROWSE",
         Command::Bind(_) => "BIND",
+        Command::Seek(_) => "SEEK",
         Command::Unbind(_) => "UNBIND",
         Command::Ok => "OK",
         Command::Error(_) => "ERROR",

@@ -53,6 +53,12 @@ pub struct QueueOptions {
     pub durability: Durability,
     pub max_deliveries: u32,
     pub max_length: u32,
+    /// Retention bounds (0 = none): with either set, acknowledged messages are kept within the
+    /// bounds so [`Connection::seek`] can go back to them; unconsumed ones past `max_age_ms`
+    /// are discarded, and a publish that would pass `max_bytes` with unconsumed messages alone
+    /// is refused.
+    pub max_bytes: u64,
+    pub max_age_ms: u64,
     /// Empty: `<queue>.dlq`.
     pub dead_letter: String,
 }
@@ -297,6 +303,8 @@ impl Connection {
                 durability: opts.durability,
                 max_deliveries: opts.max_deliveries,
                 max_length: opts.max_length,
+                max_bytes: opts.max_bytes,
+                max_age_ms: opts.max_age_ms,
                 dead_letter: &opts.dead_letter,
             }
             .encode(out, req)
@@ -400,6 +408,14 @@ impl Connection {
         }
         self.bind(name, pattern)?;
         self.consume(name, credit)
+    }
+
+    /// Moves `queue`'s cursor (for a durable subscription: its subscriber's place): waiting
+    /// messages before the target count as consumed, kept acknowledged ones at or after it are
+    /// delivered again. See [`wire::seek`].
+    pub fn seek(&self, queue: &str, target: wire::seek::SeekTarget) -> Result<(), Error> {
+        check_name("queue", queue)?;
+        self.request(|out, req| wire::seek::Seek { queue, target }.encode(out, req))
     }
 
     /// Reads up to `max` messages of `queue` from position `from` without consuming them: those

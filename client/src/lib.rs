@@ -35,3 +35,4 @@ pub use url::Endpoint;
 pub use wire::declare::Durability;
 /// Error codes, for matching on [`Error::code`].
 pub use wire::error::code as error_code;
+pub use wire::seek::SeekTarget;

@@ -23,6 +23,7 @@ use rdmq_client::wire::hello::{Hello, Welcome};
 use rdmq_client::wire::ping::Ping;
 use rdmq_client::wire::publish::{DestKind, PublishWriter};
 use rdmq_client::wire::record::{BatchBuilder, BatchView, RecordMeta, RecordView, CRC_START};
+use rdmq_client::wire::seek::{Seek, SeekTarget};
 use rdmq_client::wire::subscribe::{Consume, Subscribe, Unsubscribe};
 use rdmq_client::wire::{self, Command, FrameHeader, Opcode, FRAME_HEADER_LEN};
 
@@ -109,6 +110,8 @@ fn corpus() -> Vec<Seed> {
                 durability: Durability::Fsync,
                 max_deliveries: 5,
                 max_length: 1000,
+                max_bytes: 4096,
+                max_age_ms: 1000,
                 dead_letter: "orders.dead",
             }
             .encode(o, 3)
@@ -125,6 +128,7 @@ fn corpus() -> Vec<Seed> {
         frame(|o| Acks::encode(o, Opcode::Reject, FLAG_MULTIPLE, 1, &[8])),
         frame(|o| Browse { id: 6, max: 10, from: 3, queue: "q" }.encode(o, 13)),
         frame(|o| Bind { queue: "q", pattern: "a.#" }.encode(o, Opcode::Bind, 14)),
+        frame(|o| Seek { queue: "q", target: SeekTarget::TimestampUs(9) }.encode(o, 16)),
         frame(|o| Bind { queue: "q", pattern: "a.*" }.encode(o, Opcode::Unbind, 15)),
         frame(|o| encode_ok(o, 11)),
         frame(|o| ErrorFrame { code: 404, message: "no queue \"x\"" }.encode(o, 12)),
@@ -241,7 +245,7 @@ fn crc32c(data: &[u8]) -> u32 {
     !crc
 }
 
-const OPCODES: [Opcode; 22] = [
+const OPCODES: [Opcode; 23] = [
     Opcode::Hello,
     Opcode::Welcome,
     Opcode::Ping,
@@ -262,6 +266,7 @@ const OPCODES: [Opcode; 22] = [
     Opcode::Browse,
     Opcode::Bind,
     Opcode::Unbind,
+    Opcode::Seek,
     Opcode::Ok,
     Opcode::Error,
 ];

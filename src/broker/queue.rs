@@ -25,6 +25,27 @@ pub struct QueueOptions {
     /// Where dead letters go; `None` for a dead-letter queue itself (its dead letters are dropped
     /// and counted, so a loop between two queues cannot form).
     pub dead_letter: Option<String>,
+    /// Bytes of records held at most (0 = no bound). Acknowledged messages kept for seeking go
+    /// first; if unconsumed ones alone would pass it, the publish is refused.
+    pub max_bytes: u64,
+    /// Milliseconds a message is kept at most, consumed or not (0 = no bound).
+    pub max_age_ms: u64,
+}
+
+impl QueueOptions {
+    /// A queue with a retention bound keeps acknowledged messages (within the bound) so its
+    /// consumer can seek back to them; a queue without one drops them at once.
+    pub fn retains(&self) -> bool {
+        self.max_bytes > 0 || self.max_age_ms > 0
+    }
+}
+
+/// Where a seek moves a queue's cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeekTo {
+    Position(u64),
+    /// The first message whose timestamp (µs since the epoch) is at or after this.
+    TimestampUs(u64),
 }
 
 /// A stored message and its delivery state.
@@ -63,6 +84,7 @@ pub enum Settle {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueError {
     Full { max_length: u32 },
+    FullBytes { max_bytes: u64 },
     DuplicateConsumer,
     Store(StoreError),
 }
@@ -71,6 +93,7 @@ impl std::fmt::Display for QueueError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             QueueError::Full { max_length } => write!(f, "queue is full ({max_length} messages)"),
+            QueueError::FullBytes { max_bytes } => write!(f, "queue is full ({max_bytes} bytes)"),
             QueueError::DuplicateConsumer => write!(f, "consumer id already in use"),
             QueueError::Store(e) => write!(f, "{}", e.0),
         }
@@ -89,6 +112,11 @@ pub struct QueueStats {
     /// Dead letters of a queue that has no dead-letter queue.
     pub dropped: u64,
     pub refused_full: u64,
+}
+
+/// The producer's timestamp of a stored record.
+fn record_timestamp_us(rec: &MsgRef) -> u64 {
+    rdmq_client::wire::record::RecordView::trusted(rec.bytes()).header.timestamp_us
 }
 
 #[derive(Debug)]
@@ -118,6 +146,10 @@ pub struct Queue {
     pub stats: QueueStats,
     /// Topic patterns whose messages are appended here (durable subscriptions).
     pub bindings: Vec<String>,
+    /// Acknowledged messages kept for seeking (only with a retention bound), in sequence order.
+    retained: VecDeque<QMsg>,
+    /// Bytes of records in `ready`, in consumers' hands and in `retained`.
+    bytes: u64,
 }
 
 impl Queue {
@@ -134,6 +166,8 @@ impl Queue {
             rr: 0,
             stats: QueueStats::default(),
             bindings: Vec::new(),
+            retained: VecDeque::new(),
+            bytes: 0,
         }
     }
 
@@ -165,11 +199,18 @@ impl Queue {
             self.stats.refused_full += 1;
             return Err(QueueError::Full { max_length: self.opts.max_length });
         }
+        // Upper bound on the batch's record bytes: the batch minus its header.
+        let incoming = (batch.len() - rdmq_client::wire::record::BATCH_HEADER_LEN) as u64;
+        if !self.make_room(incoming) {
+            self.stats.refused_full += 1;
+            return Err(QueueError::FullBytes { max_bytes: self.opts.max_bytes });
+        }
         let first = self.next_seq;
         let start = self.ready.len();
         for (offset, len, ttl) in records {
             let rec = MsgRef { batch: batch.clone(), offset, len };
-            let expires_ms = if ttl == 0 { 0 } else { now_ms + ttl as u64 };
+            self.bytes += len as u64;
+            let expires_ms = self.expiry(now_ms, ttl);
             self.ready.push_back(QMsg { rec, seq: self.next_seq, deliveries: 0, expires_ms });
             self.next_seq += 1;
         }
@@ -177,6 +218,8 @@ impl Queue {
         let mut stored = self.ready.range(start..).map(|m| m.rec.bytes());
         if let Err(e) = self.store.append(first, &mut stored) {
             // Nothing confirmed: take the batch back out.
+            let removed: u64 = self.ready.range(start..).map(|m| m.rec.len as u64).sum();
+            self.bytes -= removed;
             self.ready.truncate(start);
             self.next_seq = first;
             return Err(QueueError::Store(e));
@@ -185,12 +228,73 @@ impl Queue {
         Ok((first, count))
     }
 
+    /// When a message published now expires: its own TTL or the queue's `max_age_ms`, whichever
+    /// comes first (0 = never).
+    fn expiry(&self, now_ms: u64, ttl_ms: u32) -> u64 {
+        let ttl = (ttl_ms > 0).then(|| now_ms + ttl_ms as u64);
+        let age = (self.opts.max_age_ms > 0).then(|| now_ms + self.opts.max_age_ms);
+        ttl.into_iter().chain(age).min().unwrap_or(0)
+    }
+
+    /// Frees retained (acknowledged) messages, oldest first, until `incoming` more bytes fit
+    /// under `max_bytes`. False if they cannot fit even then.
+    fn make_room(&mut self, incoming: u64) -> bool {
+        if self.opts.max_bytes == 0 {
+            return true;
+        }
+        while self.bytes + incoming > self.opts.max_bytes {
+            let Some(m) = self.retained.pop_front() else { return false };
+            self.bytes -= m.rec.len as u64;
+        }
+        true
+    }
+
+    /// Moves the queue's cursor: messages before the target that are waiting count as consumed
+    /// (kept for seeking back, if the queue retains), retained ones at or after it wait again.
+    /// Messages in consumers' hands are not touched. Returns the position sought to.
+    pub fn seek(&mut self, to: SeekTo) -> u64 {
+        let position = match to {
+            SeekTo::Position(p) => p,
+            SeekTo::TimestampUs(t) => self
+                .retained
+                .iter()
+                .chain(self.ready.iter())
+                .filter(|m| record_timestamp_us(&m.rec) >= t)
+                .map(|m| m.seq)
+                .min()
+                .unwrap_or(self.next_seq),
+        };
+        while self.ready.front().is_some_and(|m| m.seq < position) {
+            let m = self.ready.pop_front().expect("checked");
+            self.settle_one(m);
+        }
+        let back = self.retained.partition_point(|m| m.seq < position);
+        for m in self.retained.drain(back..).rev() {
+            self.store.unsettle(m.seq);
+            let at = self.ready.partition_point(|r| r.seq < m.seq);
+            self.ready.insert(at, m);
+        }
+        position
+    }
+
+    /// An acknowledged (or skipped) message: kept for seeking if the queue retains, else gone.
+    fn settle_one(&mut self, m: QMsg) {
+        self.store.settle(m.seq);
+        if self.opts.retains() {
+            let at = self.retained.partition_point(|r| r.seq < m.seq);
+            self.retained.insert(at, m);
+        } else {
+            self.bytes -= m.rec.len as u64;
+        }
+    }
+
     /// Appends messages dead-lettered by another queue. They start afresh here (delivery count
     /// zero) and keep their expiry.
     pub fn append_dead_letters(&mut self, msgs: Vec<QMsg>, _now_ms: u64) {
         let first = self.next_seq;
         let (start, n) = (self.ready.len(), msgs.len());
         for m in msgs {
+            self.bytes += m.rec.len as u64;
             self.ready.push_back(QMsg { seq: self.next_seq, deliveries: 0, ..m });
             self.next_seq += 1;
         }
@@ -205,10 +309,18 @@ impl Queue {
 
     /// Loads messages recovered from the journal, in sequence order. They count as delivered
     /// once (they may have been before the restart), so they arrive flagged redelivered.
-    pub fn restore(&mut self, msgs: impl Iterator<Item = (u64, MsgRef, u64)>, next_seq: u64) {
-        for (seq, rec, expires_ms) in msgs {
-            assert!(self.ready.back().is_none_or(|m| m.seq < seq), "recovered out of order");
-            self.ready.push_back(QMsg { rec, seq, deliveries: 1, expires_ms });
+    /// `settled` marks messages acknowledged before the restart: kept for seeking if the queue
+    /// retains (their storage is still there), skipped otherwise.
+    pub fn restore(&mut self, msgs: impl Iterator<Item = (u64, MsgRef, u64, bool)>, next_seq: u64) {
+        for (seq, rec, expires_ms, settled) in msgs {
+            let m = QMsg { rec, seq, deliveries: 1, expires_ms };
+            if settled && !self.opts.retains() {
+                continue;
+            }
+            self.bytes += m.rec.len as u64;
+            let list = if settled { &mut self.retained } else { &mut self.ready };
+            assert!(list.back().is_none_or(|b| b.seq < seq), "recovered out of order");
+            list.push_back(m);
         }
         self.next_seq = next_seq;
     }
@@ -242,7 +354,8 @@ impl Queue {
             .flat_map(|c| c.unacked.iter().filter_map(|u| u.msg.as_ref().map(|m| m.seq)))
             .min();
         let ready = self.ready.front().map(|m| m.seq);
-        [unacked, ready].into_iter().flatten().min().unwrap_or(self.next_seq)
+        let retained = self.retained.front().map(|m| m.seq);
+        [unacked, ready, retained].into_iter().flatten().min().unwrap_or(self.next_seq)
     }
 
     pub fn add_consumer(&mut self, key: SubKey, credit: u32) -> Result<(), QueueError> {
@@ -331,10 +444,10 @@ impl Queue {
         }
         match op {
             Settle::Ack => {
-                for m in &taken {
-                    self.store.settle(m.seq);
-                }
                 self.stats.acked += taken.len() as u64;
+                for m in taken {
+                    self.settle_one(m);
+                }
             }
             Settle::Nack => self.requeue(taken, dead),
             Settle::Reject => {
@@ -361,6 +474,7 @@ impl Queue {
 
     fn dead_letter(&mut self, m: QMsg, dead: &mut Vec<QMsg>) {
         self.store.settle(m.seq);
+        self.bytes -= m.rec.len as u64;
         if self.opts.dead_letter.is_some() {
             self.stats.dead_lettered += 1;
             dead.push(m);
@@ -374,6 +488,7 @@ impl Queue {
         while let Some(m) = self.ready.pop_front() {
             if m.expires_ms != 0 && m.expires_ms <= now_ms {
                 self.stats.expired += 1;
+                self.bytes -= m.rec.len as u64;
                 self.store.settle(m.seq);
                 continue;
             }
@@ -432,8 +547,18 @@ impl Queue {
         while self.ready.front().is_some_and(|m| m.expires_ms != 0 && m.expires_ms <= now_ms) {
             let m = self.ready.pop_front().expect("checked");
             self.stats.expired += 1;
+            self.bytes -= m.rec.len as u64;
             self.store.settle(m.seq);
         }
+        while self.retained.front().is_some_and(|m| m.expires_ms != 0 && m.expires_ms <= now_ms) {
+            let m = self.retained.pop_front().expect("checked");
+            self.bytes -= m.rec.len as u64;
+        }
+    }
+
+    /// Messages kept after acknowledgement for seeking.
+    pub fn retained_len(&self) -> usize {
+        self.retained.len()
     }
 
     pub fn durable_position(&self) -> u64 {
@@ -452,11 +577,17 @@ mod tests {
     }
 
     fn queue(max_deliveries: u32, max_length: u32) -> Queue {
+        queue_with(max_deliveries, max_length, 0, 0)
+    }
+
+    fn queue_with(max_deliveries: u32, max_length: u32, max_bytes: u64, max_age_ms: u64) -> Queue {
         let opts = QueueOptions {
             durability: Durability::Memory,
             max_deliveries,
             max_length,
             dead_letter: Some("q.dlq".into()),
+            max_bytes,
+            max_age_ms,
         };
         Queue::new("q".into(), opts, Box::new(MemoryStore::default()))
     }
@@ -584,6 +715,70 @@ mod tests {
         assert_eq!(publish(&mut q, 2, 2, 0, 0), Err(QueueError::Full { max_length: 3 }));
         assert_eq!(q.ready_len(), 2);
         assert_eq!(publish(&mut q, 2, 1, 0, 0), Ok((2, 1)));
+    }
+
+    fn ack_all(q: &mut Queue, now: u64) -> Vec<String> {
+        let out = drain(q, now);
+        let mut got = Vec::new();
+        for d in out {
+            got.extend(d.msgs.iter().map(payload));
+            let tags: Vec<u64> = d.msgs.iter().map(|m| m.tag).collect();
+            q.settle(d.consumer, Settle::Ack, false, tags.into_iter(), &mut Vec::new());
+        }
+        got
+    }
+
+    #[test]
+    fn seek_rewinds_over_retained_messages_and_skips_forward() {
+        let mut q = queue_with(5, 1000, 1 << 20, 0);
+        publish(&mut q, 0, 6, 0, 0).unwrap();
+        q.add_consumer(key(1), 100).unwrap();
+        assert_eq!(ack_all(&mut q, 0).len(), 6);
+        assert_eq!(q.retained_len(), 6, "a retaining queue keeps acknowledged messages");
+        q.seek(SeekTo::Position(2));
+        assert_eq!(ack_all(&mut q, 0), vec!["2", "3", "4", "5"]);
+        // Forward over waiting messages: they count as consumed.
+        publish(&mut q, 6, 4, 0, 0).unwrap();
+        q.seek(SeekTo::Position(8));
+        assert_eq!(ack_all(&mut q, 0), vec!["8", "9"]);
+        q.seek(SeekTo::Position(0));
+        assert_eq!(ack_all(&mut q, 0).len(), 10);
+    }
+
+    #[test]
+    fn without_retention_acknowledged_messages_are_gone_and_seek_back_finds_nothing() {
+        let mut q = queue(5, 1000);
+        publish(&mut q, 0, 3, 0, 0).unwrap();
+        q.add_consumer(key(1), 100).unwrap();
+        ack_all(&mut q, 0);
+        q.seek(SeekTo::Position(0));
+        assert!(ack_all(&mut q, 0).is_empty());
+        assert_eq!(q.floor(), 3);
+    }
+
+    #[test]
+    fn max_bytes_drops_retained_first_then_refuses() {
+        // Each record is ~41 bytes (40 header + 1 payload byte).
+        let mut q = queue_with(5, 1000, 41 * 4, 0);
+        publish(&mut q, 0, 4, 0, 0).unwrap();
+        assert!(matches!(publish(&mut q, 4, 1, 0, 0), Err(QueueError::FullBytes { .. })));
+        q.add_consumer(key(1), 100).unwrap();
+        ack_all(&mut q, 0);
+        assert_eq!(q.retained_len(), 4);
+        publish(&mut q, 4, 2, 0, 0).unwrap();
+        assert_eq!(q.retained_len(), 2, "the two oldest retained made room");
+    }
+
+    #[test]
+    fn max_age_expires_waiting_and_retained_messages() {
+        let mut q = queue_with(5, 1000, 0, 100);
+        publish(&mut q, 0, 2, 0, 1000).unwrap();
+        q.add_consumer(key(1), 1).unwrap();
+        assert_eq!(ack_all(&mut q, 1000), vec!["0"]);
+        q.expire(1200);
+        assert_eq!(q.retained_len(), 0);
+        assert!(ack_all(&mut q, 1200).is_empty(), "message 1 expired unconsumed");
+        assert_eq!(q.stats.expired, 1);
     }
 
     /// Seeded random operations: every published message ends acked, dead-lettered or held,

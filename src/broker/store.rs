@@ -20,6 +20,8 @@ pub trait Store {
     ) -> Result<(), StoreError>;
     /// Records that sequence `seq` was acknowledged (or dead-lettered) and may be reclaimed.
     fn settle(&mut self, seq: u64);
+    /// Undoes a `settle` (a seek moved the cursor back over `seq`).
+    fn unsettle(&mut self, seq: u64);
     /// Every sequence below this survives a crash at this queue's durability level.
     fn durable_position(&self) -> u64;
     fn durability(&self) -> Durability;
@@ -42,6 +44,8 @@ impl Store for MemoryStore {
     }
 
     fn settle(&mut self, _seq: u64) {}
+
+    fn unsettle(&mut self, _seq: u64) {}
 
     fn durable_position(&self) -> u64 {
         self.next

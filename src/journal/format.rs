@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 /// Acknowledgement log entry: sequence, CRC32C of the sequence bytes, magic.
 pub const ACK_ENTRY_LEN: usize = 16;
 const ACK_MAGIC: u32 = u32::from_le_bytes(*b"ACK1");
+/// An entry that undoes an earlier ack (a seek moved the cursor back over it).
+const UNACK_MAGIC: u32 = u32::from_le_bytes(*b"NAK1");
 /// Checkpoint file: floor, CRC32C of the floor bytes, magic.
 pub const CHECKPOINT_LEN: usize = 16;
 const CHECKPOINT_MAGIC: u32 = u32::from_le_bytes(*b"CKP1");
@@ -49,19 +51,47 @@ pub struct QueueMeta {
     pub max_deliveries: u32,
     pub max_length: u32,
     pub dead_letter: Option<String>,
+    #[serde(default)]
+    pub max_bytes: u64,
+    #[serde(default)]
+    pub max_age_ms: u64,
     /// Topic patterns bound to the queue (durable subscriptions).
     #[serde(default)]
     pub bindings: Vec<String>,
 }
 
 pub fn encode_ack(seq: u64, out: &mut Vec<u8>) {
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(&seq.to_le_bytes()).to_le_bytes());
-    out.extend_from_slice(&ACK_MAGIC.to_le_bytes());
+    encode_entry(seq, ACK_MAGIC, out)
 }
 
-/// Decodes an acknowledgement log; stops at the first torn or corrupt entry and says where.
-pub fn decode_acks(bytes: &[u8]) -> (Vec<u64>, Option<usize>) {
+pub fn encode_unack(seq: u64, out: &mut Vec<u8>) {
+    encode_entry(seq, UNACK_MAGIC, out)
+}
+
+fn encode_entry(seq: u64, magic: u32, out: &mut Vec<u8>) {
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&seq.to_le_bytes()).to_le_bytes());
+    out.extend_from_slice(&magic.to_le_bytes());
+}
+
+/// The set of acknowledged sequences an acknowledgement log describes (entries applied in
+/// order, an unack removing an earlier ack), and where a torn or corrupt entry stopped it.
+pub fn acked_set(bytes: &[u8]) -> (std::collections::HashSet<u64>, Option<usize>) {
+    let (entries, bad) = decode_acks(bytes);
+    let mut set = std::collections::HashSet::with_capacity(entries.len());
+    for (seq, acked) in entries {
+        if acked {
+            set.insert(seq);
+        } else {
+            set.remove(&seq);
+        }
+    }
+    (set, bad)
+}
+
+/// Decodes an acknowledgement log into (sequence, acked?) entries; stops at the first torn or
+/// corrupt entry and says where.
+pub fn decode_acks(bytes: &[u8]) -> (Vec<(u64, bool)>, Option<usize>) {
     let mut seqs = Vec::with_capacity(bytes.len() / ACK_ENTRY_LEN);
     for (i, e) in bytes.chunks(ACK_ENTRY_LEN).enumerate() {
         if e.len() < ACK_ENTRY_LEN {
@@ -70,10 +100,10 @@ pub fn decode_acks(bytes: &[u8]) -> (Vec<u64>, Option<usize>) {
         let seq = u64::from_le_bytes(e[0..8].try_into().expect("8 bytes"));
         let crc = u32::from_le_bytes(e[8..12].try_into().expect("4 bytes"));
         let magic = u32::from_le_bytes(e[12..16].try_into().expect("4 bytes"));
-        if magic != ACK_MAGIC || crc != crc32c::crc32c(&e[0..8]) {
+        if (magic != ACK_MAGIC && magic != UNACK_MAGIC) || crc != crc32c::crc32c(&e[0..8]) {
             return (seqs, Some(i * ACK_ENTRY_LEN));
         }
-        seqs.push(seq);
+        seqs.push((seq, magic == ACK_MAGIC));
     }
     (seqs, None)
 }
@@ -212,10 +242,12 @@ mod tests {
         for s in [5u64, 9, 7] {
             encode_ack(s, &mut log);
         }
-        assert_eq!(decode_acks(&log), (vec![5, 9, 7], None));
-        assert_eq!(decode_acks(&log[..40]), (vec![5, 9], Some(32)));
+        encode_unack(9, &mut log);
+        assert_eq!(decode_acks(&log).0, vec![(5, true), (9, true), (7, true), (9, false)]);
+        assert_eq!(acked_set(&log).0, [5u64, 7].into_iter().collect());
+        assert_eq!(decode_acks(&log[..40]), (vec![(5, true), (9, true)], Some(32)));
         log[20] ^= 1;
-        assert_eq!(decode_acks(&log), (vec![5], Some(16)));
+        assert_eq!(decode_acks(&log), (vec![(5, true)], Some(16)));
         let c = encode_checkpoint(77);
         assert_eq!(decode_checkpoint(&c), Some(77));
         let mut bad = c;

@@ -333,6 +333,10 @@ impl Store for JournalStore {
         format::encode_ack(seq, &mut self.0.borrow_mut().ack_buf);
     }
 
+    fn unsettle(&mut self, seq: u64) {
+        format::encode_unack(seq, &mut self.0.borrow_mut().ack_buf);
+    }
+
     fn durable_position(&self) -> u64 {
         self.0.borrow().durable
     }

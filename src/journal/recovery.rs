@@ -16,6 +16,8 @@ use crate::broker::MsgRef;
 /// One unsettled message found on disk.
 pub struct RecoveredMsg {
     pub seq: u64,
+    /// Acknowledged before the restart (kept only by queues that retain for seeking).
+    pub settled: bool,
     pub rec: MsgRef,
     pub ttl_ms: u32,
     pub timestamp_us: u64,
@@ -90,11 +92,14 @@ pub fn recover(dir: &Path) -> Result<Recovered, String> {
                 let rec = RecordView::trusted(&data[at..]);
                 let seq = b.base_seq + k;
                 let len = rec.bytes.len();
-                if seq < floor || acked.contains(&seq) {
+                let settled = acked.contains(&seq);
+                if seq < floor {
                     r.settled += 1;
                 } else {
+                    r.settled += settled as u64;
                     r.messages.push(RecoveredMsg {
                         seq,
+                        settled,
                         rec: MsgRef { batch: data.clone(), offset: at as u32, len: len as u32 },
                         ttl_ms: rec.header.ttl_ms,
                         timestamp_us: rec.header.timestamp_us,
@@ -163,7 +168,7 @@ fn read_acks(dir: &Path) -> Result<HashSet<u64>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
-    let (seqs, bad) = format::decode_acks(&bytes);
+    let (seqs, bad) = format::acked_set(&bytes);
     if let Some(at) = bad {
         eprintln!(
             "rdmq: recovery: {}: dropped {} bytes after offset {at} (torn entry)",
@@ -173,5 +178,5 @@ fn read_acks(dir: &Path) -> Result<HashSet<u64>, String> {
         let f = OpenOptions::new().write(true).open(&path).map_err(|e| e.to_string())?;
         f.set_len(at as u64).map_err(|e| e.to_string())?;
     }
-    Ok(seqs.into_iter().collect())
+    Ok(seqs)
 }

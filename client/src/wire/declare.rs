@@ -9,6 +9,10 @@
 //! +---------------------------------------------------------------+
 //! | max_length (u32): messages held at most, 0 = server default   |
 //! +---------------------------------------------------------------+
+//! | max_bytes (u64): record bytes held at most, 0 = no bound      |
+//! +---------------------------------------------------------------+
+//! | max_age_ms (u64): kept at most this long, 0 = no bound        |
+//! +---------------------------------------------------------------+
 //! | name (u16 len + UTF-8)                                        |
 //! +---------------------------------------------------------------+
 //! | dead-letter queue (u16 len + UTF-8): empty = "<name>.dlq"     |
@@ -71,6 +75,10 @@ pub struct DeclareQueue<'a> {
     pub durability: Durability,
     pub max_deliveries: u32,
     pub max_length: u32,
+    /// With `max_age_ms`, a retention bound: a queue with either keeps acknowledged messages
+    /// (within the bounds) so a SEEK can go back to them.
+    pub max_bytes: u64,
+    pub max_age_ms: u64,
     pub dead_letter: &'a str,
 }
 
@@ -80,6 +88,8 @@ impl<'a> DeclareQueue<'a> {
         out.extend_from_slice(&[self.durability as u8, 0, 0, 0]);
         out.extend_from_slice(&self.max_deliveries.to_le_bytes());
         out.extend_from_slice(&self.max_length.to_le_bytes());
+        out.extend_from_slice(&self.max_bytes.to_le_bytes());
+        out.extend_from_slice(&self.max_age_ms.to_le_bytes());
         put_str16(out, self.name);
         put_str16(out, self.dead_letter);
         end_frame(out, at);
@@ -93,13 +103,23 @@ impl<'a> DeclareQueue<'a> {
         }
         let max_deliveries = r.u32()?;
         let max_length = r.u32()?;
+        let max_bytes = r.u64()?;
+        let max_age_ms = r.u64()?;
         let name = r.name()?;
         let at = r.position();
         let dead_letter = r.str16()?;
         if dead_letter.len() > NAME_LEN_MAX {
             return Err(DecodeError::Invalid { offset: at, what: "dead-letter name length" });
         }
-        Ok(DeclareQueue { name, durability, max_deliveries, max_length, dead_letter })
+        Ok(DeclareQueue {
+            name,
+            durability,
+            max_deliveries,
+            max_length,
+            max_bytes,
+            max_age_ms,
+            dead_letter,
+        })
     }
 }
 
@@ -135,6 +155,8 @@ mod tests {
             durability: Durability::Fsync,
             max_deliveries: 5,
             max_length: 1000,
+            max_bytes: 1 << 30,
+            max_age_ms: 60_000,
             dead_letter: "orders.dead",
         };
         let mut out = Vec::new();
@@ -150,6 +172,8 @@ mod tests {
             durability: Durability::Memory,
             max_deliveries: 0,
             max_length: 0,
+            max_bytes: 0,
+            max_age_ms: 0,
             dead_letter: "",
         };
         let mut out = Vec::new();

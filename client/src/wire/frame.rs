@@ -67,6 +67,7 @@ pub enum Opcode {
     Nack = 0x35,
     Reject = 0x36,
     Browse = 0x37,
+    Seek = 0x38,
     Ok = 0x7E,
     Error = 0x7F,
 }
@@ -95,6 +96,7 @@ impl Opcode {
             0x35 => Nack,
             0x36 => Reject,
             0x37 => Browse,
+            0x38 => Seek,
             0x7E => Ok,
             0x7F => Error,
             _ => return None,

@@ -18,6 +18,7 @@ pub mod hello;
 pub mod ping;
 pub mod publish;
 pub mod record;
+pub mod seek;
 pub mod subscribe;
 
 use std::fmt;
@@ -188,6 +189,7 @@ pub enum Command<'a> {
     Reject(ack::Acks<'a>),
     Browse(browse::Browse<'a>),
     Bind(bind::Bind<'a>),
+    Seek(seek::Seek<'a>),
     Unbind(bind::Bind<'a>),
     Ok,
     Error(error::ErrorFrame<'a>),
@@ -217,6 +219,7 @@ pub fn decode<'a>(header: &FrameHeader, body: &'a [u8]) -> Result<Command<'a>, D
         Opcode::Reject => Command::Reject(ack::Acks::decode(&mut r)?),
         Opcode::Browse => Command::Browse(browse::Browse::decode(&mut r)?),
         Opcode::Bind => Command::Bind(bind::Bind::decode(&mut r)?),
+        Opcode::Seek => Command::Seek(seek::Seek::decode(&mut r)?),
         Opcode::Unbind => Command::Unbind(bind::Bind::decode(&mut r)?),
         Opcode::Ok => Command::Ok,
         Opcode::Error => Command::Error(error::ErrorFrame::decode(&mut r)?),
