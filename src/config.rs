@@ -61,6 +61,12 @@ pub struct Config {
     /// Bytes of each shard's journal write ring (2 MiB huge pages when reserved): bounds the
     /// data written but not yet handed to the disk; a publish that finds it full is refused.
     pub journal_ring_bytes: usize,
+    /// A group commit waits at most this long after its first write before syncing, to gather
+    /// more writes into one fdatasync (0: sync as soon as no other sync is in flight, which
+    /// already groups whatever arrives during a sync).
+    pub group_commit_max_delay_us: u64,
+    /// ... and syncs early once this many bytes are written into it (0: no byte bound).
+    pub group_commit_max_bytes: u64,
 }
 
 impl Default for Config {
@@ -86,6 +92,8 @@ impl Default for Config {
             default_durability: rdmq_client::Durability::Fsync,
             segment_bytes: 64 << 20,
             journal_ring_bytes: 64 << 20,
+            group_commit_max_delay_us: 0,
+            group_commit_max_bytes: 0,
         }
     }
 }

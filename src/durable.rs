@@ -77,6 +77,13 @@ impl Shard {
         Ok(())
     }
 
+    fn group_commit(&self) -> journal::GroupCommit {
+        journal::GroupCommit {
+            max_delay_us: self.cfg.group_commit_max_delay_us,
+            max_bytes: self.cfg.group_commit_max_bytes,
+        }
+    }
+
     fn register_journal(&mut self, name: &Arc<str>, j: Journal) -> Rc<RefCell<Journal>> {
         let rc = Rc::new(RefCell::new(j));
         let entry = JournalEntry { queue: name.clone(), journal: rc.clone(), deleted: false };
@@ -122,6 +129,7 @@ impl Shard {
         if let Some(why) = r.corrupt {
             j.refuse(why);
         }
+        j.set_group_commit(self.group_commit());
         let name: Arc<str> = name.into();
         let rc = self.register_journal(&name, j);
         let mut q = Queue::new(name.clone(), opts, Box::new(JournalStore(rc)));
@@ -161,7 +169,9 @@ impl Shard {
 
     /// Drives every journal: acknowledgements to disk, queued writes and group syncs into the
     /// ring, held confirms out once durable (or failed).
-    pub fn drive_journals(&mut self) {
+    pub fn drive_journals(&mut self) -> usize {
+        let now_us = self.now_us();
+        let mut waiting = 0;
         for id in 0..self.journals.len() {
             let Some(entry) = &self.journals[id] else { continue };
             let (queue, j, deleted) = (entry.queue.clone(), entry.journal.clone(), entry.deleted);
@@ -171,9 +181,10 @@ impl Shard {
                 while let Some(w) = jb.next_write() {
                     self.submit_journal_write(w, id as u32);
                 }
-                for fd in jb.next_syncs() {
+                for fd in jb.next_syncs(now_us) {
                     self.submit_journal_sync(fd, id as u32);
                 }
+                waiting += jb.sync_waiting() as usize;
                 (jb.durable_position(), jb.failure().map(str::to_string))
             };
             self.release_held(&queue, durable, failed);
@@ -185,6 +196,8 @@ impl Shard {
                 }
             }
         }
+        // A group waiting out its delay is work: keep the loop turning until it closes.
+        waiting
     }
 
     pub fn on_journal_completion(&mut self, write: Option<u32>, id: u32, result: i32) {

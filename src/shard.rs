@@ -239,7 +239,7 @@ impl Shard {
         work += self.apply_local();
         // Journals before connections: acknowledgements reach the page cache before any reply
         // of this pass is sent, and confirms made durable by this pass's completions go out now.
-        self.drive_journals();
+        work += self.drive_journals();
         self.flush_conns();
         self.flush_mailboxes();
         // Events held back by a full mailbox are work: retry next pass instead of sleeping.
@@ -356,6 +356,11 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// Microseconds on this shard's clock.
+    pub fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
     }
 
     /// Sends `ev` to shard `target` (applied later this pass if it is this shard).
