@@ -47,12 +47,22 @@ impl Shard {
         let store: Box<dyn Store> = match opts.durability {
             Durability::Memory => Box::new(MemoryStore::default()),
             durability => {
-                let dir = self.queues_root().join(queue_dir_name(name));
-                if dir.exists() {
-                    // Left by a delete whose removal failed; recovery would have loaded a live one.
-                    std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                let root = self.queues_root();
+                if !root.exists() {
+                    std::fs::create_dir_all(&root)
+                        .map_err(|e| format!("{}: {e}", root.display()))?;
+                    journal::sync_dir(&self.cfg.data_dir).map_err(|e| e.to_string())?;
                 }
-                std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                let dir = root.join(queue_dir_name(name));
+                if dir.exists() {
+                    // Never overwrite what is there: a queue that failed to load at start.
+                    return Err(format!(
+                        "{} exists but was not loaded at start (see the log); move it away to \
+                         reuse the name",
+                        dir.display()
+                    ));
+                }
+                std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                 let meta = QueueMeta {
                     name: name.to_string(),
                     durability: durability.as_str().to_string(),
@@ -99,13 +109,30 @@ impl Shard {
         let root = self.queues_root();
         let Ok(entries) = std::fs::read_dir(&root) else { return };
         for entry in entries.flatten() {
-            let Some(name) = entry.file_name().to_str().and_then(queue_name_from_dir) else {
+            let path = entry.path();
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            if file_name.ends_with(DELETED_SUFFIX) {
+                // A deleted queue whose removal a crash interrupted: finish it (shard 0 only).
+                if self.id == 0 {
+                    let _ = std::fs::remove_dir_all(&path);
+                }
                 continue;
+            }
+            // The queue's name is in its metadata; the directory name may be a hash.
+            let name = match std::fs::read(path.join("meta.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<QueueMeta>(&b).ok())
+            {
+                Some(meta) => meta.name,
+                None => match queue_name_from_dir(&file_name) {
+                    Some(n) => n,
+                    None => continue,
+                },
             };
             if owner_shard(&name, self.shards) != self.id as usize {
                 continue;
             }
-            if let Err(e) = self.recover_queue(&name, entry.path()) {
+            if let Err(e) = self.recover_queue(&name, path) {
                 eprintln!("rdmq: recovery: queue {name:?} not loaded: {e}");
             }
         }
@@ -147,7 +174,9 @@ impl Shard {
         q.restore(
             r.messages.into_iter().map(|m| {
                 // The earlier of the message's TTL and the queue's max age, from its timestamp.
-                let published_ms = m.timestamp_us / 1000;
+                // No producer timestamp: count from now rather than expire at once.
+                let published_ms =
+                    if m.timestamp_us == 0 { wall_ms } else { m.timestamp_us / 1000 };
                 let ttl = (m.ttl_ms > 0).then(|| published_ms + m.ttl_ms as u64);
                 let age = (r.meta.max_age_ms > 0).then(|| published_ms + r.meta.max_age_ms);
                 let expires = match ttl.into_iter().chain(age).min() {
@@ -187,14 +216,18 @@ impl Shard {
                 waiting += jb.sync_waiting() as usize;
                 (jb.durable_position(), jb.failure().map(str::to_string))
             };
-            self.release_held(&queue, durable, failed);
-            if deleted && !j.borrow().has_io() {
-                let dir = j.borrow().dir().to_path_buf();
-                self.journals[id] = None;
-                if let Err(e) = std::fs::remove_dir_all(&dir) {
-                    eprintln!("rdmq: cannot remove deleted queue {}: {e}", dir.display());
+            if deleted {
+                // The name may already belong to a new queue: hold nothing for the old one.
+                if !j.borrow().has_io() {
+                    let dir = deleted_dir(j.borrow().dir());
+                    self.journals[id] = None;
+                    if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        eprintln!("rdmq: cannot remove deleted queue {}: {e}", dir.display());
+                    }
                 }
+                continue;
             }
+            self.release_held(&queue, durable, failed);
         }
         // A group waiting out its delay is work: keep the loop turning until it closes.
         waiting
@@ -241,7 +274,7 @@ impl Shard {
 
     /// Deletes settled segments of every durable queue (housekeeping).
     pub fn retire_segments(&mut self) {
-        for entry in self.journals.iter().flatten() {
+        for entry in self.journals.iter().flatten().filter(|e| !e.deleted) {
             if let Some(q) = self.queues.get(&entry.queue) {
                 let floor = q.floor();
                 entry.journal.borrow_mut().retire_below(floor);
@@ -270,15 +303,34 @@ impl Shard {
         write_meta(&dir, &meta).map_err(|e| format!("{}: meta.json: {e}", dir.display()))
     }
 
-    /// A durable queue was deleted: its journal finishes its I/O, then its directory goes.
+    /// A durable queue was deleted: its directory is renamed out of the way at once (so the
+    /// name can be declared again), its journal finishes its I/O, then the directory goes.
+    /// Confirms still held for it are answered: the queue is gone.
     pub fn drop_queue_storage(&mut self, name: &Arc<str>) {
         for entry in self.journals.iter_mut().flatten() {
-            if &entry.queue == name {
+            if &entry.queue == name && !entry.deleted {
                 entry.deleted = true;
+                let dir = entry.journal.borrow().dir().to_path_buf();
+                if let Err(e) = std::fs::rename(&dir, deleted_dir(&dir)) {
+                    eprintln!("rdmq: cannot move deleted queue {}: {e}", dir.display());
+                }
+                let _ = journal::sync_dir(&self.cfg.data_dir.join("queues"));
             }
         }
-        self.held.remove(name);
+        for h in self.held.remove(name).unwrap_or_default() {
+            let message = format!("{name}: queue deleted before the publish was stored");
+            self.reply(h.reply, ReplyKind::Error { code: code::NOT_FOUND, message });
+        }
     }
+}
+
+/// Suffix of a deleted queue's directory until its removal.
+const DELETED_SUFFIX: &str = ".deleted";
+
+fn deleted_dir(dir: &std::path::Path) -> PathBuf {
+    let mut name = dir.file_name().expect("queue dir has a name").to_os_string();
+    name.push(DELETED_SUFFIX);
+    dir.with_file_name(name)
 }
 
 fn write_meta(dir: &std::path::Path, meta: &QueueMeta) -> std::io::Result<()> {

@@ -553,7 +553,9 @@ pub fn apply(s: &mut Shard, ev: Event) {
         Event::DeadLetter { queue, durability, msgs } => {
             let now = s.now_ms;
             match s.queue_or_create(&queue, Some(durability)) {
-                Ok(q) => q.append_dead_letters(msgs, now),
+                Ok(q) => {
+                    q.append_dead_letters(msgs, now);
+                }
                 Err(ReplyKind::Error { message, .. }) => {
                     eprintln!("rdmq: dropped {} dead letters: {message}", msgs.len())
                 }

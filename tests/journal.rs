@@ -439,3 +439,25 @@ fn consumed_segments_are_deleted() {
     }
     assert!(dir.join("checkpoint").exists(), "the floor is checkpointed before deleting");
 }
+
+#[test]
+fn a_deleted_durable_queue_can_be_declared_again_at_once_and_starts_empty() {
+    let mut server = Server::start(1);
+    let conn = server.connect();
+    for round in 0..3 {
+        conn.declare_queue("again", &QueueOptions::default()).unwrap();
+        let mut p = conn.queue_producer("again");
+        p.send(format!("round {round}").as_bytes()).unwrap();
+        p.flush().unwrap();
+        let got: Vec<String> = conn.browse("again", 0, 10).unwrap().iter().map(text).collect();
+        assert_eq!(got, vec![format!("round {round}")], "only this round's message");
+        conn.delete_queue("again").unwrap();
+    }
+    drop(conn);
+    server.stop();
+    server.restart();
+    assert_eq!(server.connect().browse("again", 0, 10).unwrap_err().code(), Some(code::NOT_FOUND));
+    let queues = server.dir.join("data/queues");
+    let left: Vec<_> = std::fs::read_dir(&queues).unwrap().collect();
+    assert!(left.is_empty(), "deleted queues leave nothing behind: {left:?}");
+}

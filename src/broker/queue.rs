@@ -114,6 +114,9 @@ pub struct QueueStats {
     pub refused_full: u64,
 }
 
+/// Bytes of dead letters handed to the store at once (well below a journal ring's half).
+const DEAD_LETTER_CHUNK_BYTES: u64 = 4 << 20;
+
 /// The producer's timestamp of a stored record.
 fn record_timestamp_us(rec: &MsgRef) -> u64 {
     rdmq_client::wire::record::RecordView::trusted(rec.bytes()).header.timestamp_us
@@ -290,21 +293,43 @@ impl Queue {
 
     /// Appends messages dead-lettered by another queue. They start afresh here (delivery count
     /// zero) and keep their expiry.
-    pub fn append_dead_letters(&mut self, msgs: Vec<QMsg>, _now_ms: u64) {
-        let first = self.next_seq;
-        let (start, n) = (self.ready.len(), msgs.len());
-        for m in msgs {
-            self.bytes += m.rec.len as u64;
-            self.ready.push_back(QMsg { seq: self.next_seq, deliveries: 0, ..m });
-            self.next_seq += 1;
+    /// Returns how many could not be stored (and were dropped, with a log line).
+    pub fn append_dead_letters(&mut self, msgs: Vec<QMsg>, _now_ms: u64) -> usize {
+        let mut dropped = 0;
+        let mut msgs = msgs.into_iter().peekable();
+        while msgs.peek().is_some() {
+            // Chunks bounded in bytes, so a large group never exceeds what a store takes at once.
+            let mut chunk_bytes = 0u64;
+            let chunk: Vec<QMsg> = std::iter::from_fn(|| {
+                if chunk_bytes >= DEAD_LETTER_CHUNK_BYTES {
+                    return None;
+                }
+                let m = msgs.next()?;
+                chunk_bytes += m.rec.len as u64;
+                Some(m)
+            })
+            .collect();
+            let (first, start, n) = (self.next_seq, self.ready.len(), chunk.len());
+            for m in chunk {
+                self.ready.push_back(QMsg { seq: self.next_seq, deliveries: 0, ..m });
+                self.next_seq += 1;
+            }
+            let mut stored = self.ready.range(start..).map(|m| m.rec.bytes());
+            if let Err(e) = self.store.append(first, &mut stored) {
+                // Already settled where they came from: nothing confirmed is lost, but say so.
+                eprintln!(
+                    "rdmq: dead-letter queue {}: dropped {n} dead letters: {}",
+                    self.name, e.0
+                );
+                self.ready.truncate(start);
+                self.next_seq = first;
+                dropped += n;
+                continue;
+            }
+            self.bytes += chunk_bytes;
+            self.stats.published += n as u64;
         }
-        // A dead letter is already settled where it came from; a store that cannot take it
-        // keeps it in memory only, and says so.
-        let mut stored = self.ready.range(start..).map(|m| m.rec.bytes());
-        if let Err(e) = self.store.append(first, &mut stored) {
-            eprintln!("rdmq: dead-letter queue {}: {}", self.name, e.0);
-        }
-        self.stats.published += n as u64;
+        dropped
     }
 
     /// Loads messages recovered from the journal, in sequence order. They count as delivered

@@ -22,8 +22,18 @@ const UNACK_MAGIC: u32 = u32::from_le_bytes(*b"NAK1");
 pub const CHECKPOINT_LEN: usize = 16;
 const CHECKPOINT_MAGIC: u32 = u32::from_le_bytes(*b"CKP1");
 
+/// Directory name of a queue: its name in hex when that fits a file name, else a hash of it
+/// (the real name is in `meta.json`, which recovery reads).
 pub fn queue_dir_name(queue: &str) -> String {
-    queue.bytes().map(|b| format!("{b:02x}")).collect()
+    if queue.len() <= 100 {
+        return queue.bytes().map(|b| format!("{b:02x}")).collect();
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in queue.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("h{h:016x}")
 }
 
 pub fn queue_name_from_dir(dir: &str) -> Option<String> {
@@ -159,6 +169,11 @@ pub fn scan_segment(bytes: &[u8], expected_seq: u64) -> (Vec<ScannedBatch>, Scan
             return (batches, ScanEnd::TornTail { at });
         }
         let len = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+        if len == 0 {
+            // Zeros where a batch should start: a write that never happened while a later one
+            // did (writes run several at a time). Nothing after it was ever confirmed.
+            return (batches, ScanEnd::TornTail { at });
+        }
         if len < BATCH_HEADER_LEN {
             return (batches, torn_or_corrupt(bytes, at, len, "batch length too small"));
         }
@@ -234,6 +249,10 @@ mod tests {
         assert_eq!(scan_segment(&bad, 10).1, ScanEnd::TornTail { at: first });
         // A sequence gap.
         assert!(matches!(scan_segment(&seg, 9).1, ScanEnd::Corrupt { at: 0, .. }));
+        // A hole of zeros (a write that never happened) before later data: torn, not corrupt.
+        let mut holed = seg.clone();
+        holed[first..first + 60].fill(0);
+        assert_eq!(scan_segment(&holed, 10).1, ScanEnd::TornTail { at: first });
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! Write path: `append` claims space in the shard's huge-page [`ring::Ring`], lays the records
 //! out there as one record batch (wire layout, checksummed, `base_seq` stamped) and queues the
 //! span. The shard loop then writes queued spans to the current segment file through io_uring
-//! (one write in flight per journal, adjacent spans merged) and, for `fsync` queues, syncs with
+//! (up to `WRITES_IN_FLIGHT` per journal, adjacent spans merged) and, for `fsync` queues, syncs with
 //! `fdatasync` through io_uring, one sync in flight per journal: everything written while a sync
 //! runs shares the next one (group commit). Positions only grow:
 //! `durable <= written <= appended`. A publish is confirmed only once `durable` covers it.
@@ -121,7 +121,13 @@ impl Journal {
         let mut segments = segments;
         if segments.is_empty() {
             let path = dir.join(segment_name(next_seq));
-            File::create(&path).map_err(|e| io("create segment", e))?;
+            // Never truncate: a file of this name may hold data recovery refused to read.
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| io("create segment", e))?;
             sync_dir(dir).map_err(|e| io("sync directory", e))?;
             segments.push((next_seq, path));
         }
@@ -172,6 +178,13 @@ impl Journal {
                 self.dir.display()
             );
             self.failed = Some(what);
+            // Queued spans will never be written: give their ring space back to the shard's
+            // other journals (in-flight ones come back with their completions).
+            for p in self.queued.drain(..) {
+                for c in &p.claims {
+                    self.ring.borrow_mut().release(*c);
+                }
+            }
         }
     }
 
@@ -195,6 +208,12 @@ impl Journal {
     /// spans adjacent both in the ring and in the same file go out as one write.
     pub fn next_write(&mut self) -> Option<WriteReq> {
         if self.in_flight.len() >= WRITES_IN_FLIGHT || self.failed.is_some() {
+            return None;
+        }
+        // Writes to a new segment wait for the previous segment's: a crash then leaves at most
+        // the last segment with a hole, which recovery can tell from corruption.
+        let next_file = &self.queued.front()?.file;
+        if self.in_flight.back().is_some_and(|(_, p, _)| !Rc::ptr_eq(&p.file, next_file)) {
             return None;
         }
         let mut p = self.queued.pop_front()?;
@@ -242,7 +261,9 @@ impl Journal {
             self.fail(format!("segment write failed: {why}"));
             return;
         }
-        if !self.unsynced.iter().any(|f| Rc::ptr_eq(f, &p.file)) {
+        if self.durability == Durability::Fsync
+            && !self.unsynced.iter().any(|f| Rc::ptr_eq(f, &p.file))
+        {
             self.unsynced.push(p.file.clone());
         }
         self.group_bytes += p.claim.len as u64;
@@ -325,6 +346,9 @@ impl Journal {
     /// Deletes segments whose every sequence is below `floor` (settled), writing the new floor
     /// to the checkpoint first so recovery never mistakes a deleted segment for a missing one.
     pub fn retire_below(&mut self, floor: u64) {
+        // A message can be acknowledged before its write completes; the checkpoint must never
+        // claim more than is on disk, or a restart would append after a gap.
+        let floor = floor.min(self.written);
         let retire = self.segments.windows(2).take_while(|w| w[1].0 <= floor).count();
         if retire == 0 {
             return;

@@ -81,7 +81,10 @@ impl Ring {
 
     /// Claims `len` contiguous bytes, or `None` when the ring has no room (back-pressure).
     pub fn claim(&mut self, len: usize) -> Option<Claim> {
-        assert!(len > 0 && len <= self.capacity / 2, "claim of {len} bytes");
+        assert!(len > 0, "empty claim");
+        if len > self.capacity / 2 {
+            return None;
+        }
         let offset = (self.claimed as usize) & (self.capacity - 1);
         let mut start = self.claimed;
         if offset + len > self.capacity {
