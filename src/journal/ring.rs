@@ -57,8 +57,11 @@ impl Ring {
                  journal ring uses ordinary pages with transparent-huge-page advice"
             );
         }
+        // Populated at start, as the huge-page path is: the first publishes then pay no page
+        // faults (allocate at start, not per message).
+        let populate = flags | libc::MAP_POPULATE;
         // SAFETY: as above, without MAP_HUGETLB.
-        let base = unsafe { libc::mmap(std::ptr::null_mut(), capacity, prot, flags, -1, 0) };
+        let base = unsafe { libc::mmap(std::ptr::null_mut(), capacity, prot, populate, -1, 0) };
         if base == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
