@@ -303,6 +303,10 @@ struct SmallDisk(PathBuf);
 impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
+        // The server's own cleanup ran while the mount was still there.
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(parent);
+        }
     }
 }
 
