@@ -35,6 +35,8 @@ pub struct JournalEntry {
     pub queue: Arc<str>,
     pub journal: Rc<RefCell<Journal>>,
     pub deleted: bool,
+    /// Where a deleted queue's directory was moved, to remove once its I/O is done.
+    pub moved_to: Option<PathBuf>,
 }
 
 impl Shard {
@@ -78,8 +80,9 @@ impl Shard {
                 journal::sync_dir(&self.queues_root()).map_err(|e| e.to_string())?;
                 let ring = self.journal_ring.clone();
                 let seg = self.cfg.segment_bytes;
-                let j =
+                let mut j =
                     Journal::open(&dir, durability, seg, ring, Vec::new(), 0).map_err(|e| e.0)?;
+                j.set_group_commit(self.group_commit());
                 Box::new(JournalStore(self.register_journal(name, j)))
             }
         };
@@ -96,7 +99,12 @@ impl Shard {
 
     fn register_journal(&mut self, name: &Arc<str>, j: Journal) -> Rc<RefCell<Journal>> {
         let rc = Rc::new(RefCell::new(j));
-        let entry = JournalEntry { queue: name.clone(), journal: rc.clone(), deleted: false };
+        let entry = JournalEntry {
+            queue: name.clone(),
+            journal: rc.clone(),
+            deleted: false,
+            moved_to: None,
+        };
         match self.journals.iter().position(Option::is_none) {
             Some(i) => self.journals[i] = Some(entry),
             None => self.journals.push(Some(entry)),
@@ -204,6 +212,7 @@ impl Shard {
         for id in 0..self.journals.len() {
             let Some(entry) = &self.journals[id] else { continue };
             let (queue, j, deleted) = (entry.queue.clone(), entry.journal.clone(), entry.deleted);
+            let moved_to = entry.moved_to.clone();
             let (durable, failed) = {
                 let mut jb = j.borrow_mut();
                 jb.flush_acks();
@@ -219,7 +228,7 @@ impl Shard {
             if deleted {
                 // The name may already belong to a new queue: hold nothing for the old one.
                 if !j.borrow().has_io() {
-                    let dir = deleted_dir(j.borrow().dir());
+                    let dir = moved_to.unwrap_or_else(|| j.borrow().dir().to_path_buf());
                     self.journals[id] = None;
                     if let Err(e) = std::fs::remove_dir_all(&dir) {
                         eprintln!("rdmq: cannot remove deleted queue {}: {e}", dir.display());
@@ -311,8 +320,10 @@ impl Shard {
             if &entry.queue == name && !entry.deleted {
                 entry.deleted = true;
                 let dir = entry.journal.borrow().dir().to_path_buf();
-                if let Err(e) = std::fs::rename(&dir, deleted_dir(&dir)) {
-                    eprintln!("rdmq: cannot move deleted queue {}: {e}", dir.display());
+                let to = deleted_dir(&dir);
+                match std::fs::rename(&dir, &to) {
+                    Ok(()) => entry.moved_to = Some(to),
+                    Err(e) => eprintln!("rdmq: cannot move deleted queue {}: {e}", dir.display()),
                 }
                 let _ = journal::sync_dir(&self.cfg.data_dir.join("queues"));
             }
@@ -327,9 +338,13 @@ impl Shard {
 /// Suffix of a deleted queue's directory until its removal.
 const DELETED_SUFFIX: &str = ".deleted";
 
+/// A name for a deleted queue's directory, unique so the same name can be deleted again
+/// while an earlier deletion is still finishing.
 fn deleted_dir(dir: &std::path::Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut name = dir.file_name().expect("queue dir has a name").to_os_string();
-    name.push(DELETED_SUFFIX);
+    name.push(format!(".{}.{n}{DELETED_SUFFIX}", std::process::id()));
     dir.with_file_name(name)
 }
 

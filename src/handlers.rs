@@ -637,6 +637,14 @@ pub fn apply(s: &mut Shard, ev: Event) {
                 q.bindings.retain(|b| **b != *pattern);
             }
             if let Err(e) = s.persist_bindings(&queue) {
+                // Not on disk: not in memory either, so every shard keeps agreeing.
+                if let Some(q) = s.queues.get_mut(&queue) {
+                    if add && !had {
+                        q.bindings.retain(|b| **b != *pattern);
+                    } else if !add && had {
+                        q.bindings.push(pattern.to_string());
+                    }
+                }
                 return s.reply(reply, err(code::STORAGE_FAILED, e));
             }
             if add {
@@ -713,6 +721,8 @@ fn declare_queue(
         let same = q.opts.durability == opts.durability
             && q.opts.max_deliveries == opts.max_deliveries
             && q.opts.max_length == opts.max_length
+            && q.opts.max_bytes == opts.max_bytes
+            && q.opts.max_age_ms == opts.max_age_ms
             && (!explicit_dlq || q.opts.dead_letter == opts.dead_letter);
         let kind = if same {
             ReplyKind::Ok

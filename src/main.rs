@@ -1,5 +1,5 @@
 //! The `rdmq` command: the server (`serve`), the first tools a user reaches for (`publish`,
-//! `consume`, `subscribe`) and the benchmark (`bench`).
+//! `consume`, `subscribe`, `browse`) and the benchmark (`bench`).
 #![deny(unsafe_code)]
 
 mod cli;

@@ -7,8 +7,8 @@
 //! counts toward the idle strategy: spin for `idle_spin_us`, then sleep in the ring until a
 //! completion, an eventfd wake-up from another shard, or the housekeeping tick.
 //!
-//! `unsafe` is allowed here only for the two operations whose memory the shard leases to the
-//! kernel: a connection's send buffer and the eventfd read target.
+//! `unsafe` is allowed here only for the operations whose memory the shard leases to the
+//! kernel: a connection's send buffer, the eventfd read target and journal ring spans.
 #![allow(unsafe_code)]
 
 use std::collections::VecDeque;

@@ -465,3 +465,41 @@ fn a_deleted_durable_queue_can_be_declared_again_at_once_and_starts_empty() {
     let left: Vec<_> = std::fs::read_dir(&queues).unwrap().collect();
     assert!(left.is_empty(), "deleted queues leave nothing behind: {left:?}");
 }
+
+#[test]
+fn a_crash_right_after_a_segment_roll_is_a_torn_tail_not_corruption() {
+    let mut server = Server::start_with(1, "segment_bytes = 1048576\n");
+    publish_batches(&server, "roll", 2, 1, 600_000);
+    server.stop();
+    let dir = queue_dir(&server, "roll");
+    let segs = segments(&dir);
+    assert_eq!(segs.len(), 2);
+    // As if the second segment's write was cut short and the next roll had created its file.
+    let len = std::fs::metadata(&segs[1]).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&segs[1]).unwrap().set_len(len / 2).unwrap();
+    std::fs::write(dir.join("00000000000000000002.seg"), b"").unwrap();
+    server.restart();
+    let log = server.log();
+    assert!(log.contains("truncated a torn tail"), "{log}");
+    assert!(!log.contains("corrupt"), "{log}");
+    assert_eq!(prefixes(&drain(&server.connect(), "roll")), vec!["b0"]);
+    // Publishing goes on where the data ends.
+    publish_batches(&server, "roll", 1, 1, 10);
+    assert_eq!(prefixes(&drain(&server.connect(), "roll")), vec!["b0"]);
+}
+
+#[test]
+fn the_ack_log_is_compacted_at_restart() {
+    let mut server = Server::start(1);
+    publish_batches(&server, "compact", 1, 500, 10);
+    assert_eq!(drain(&server.connect(), "compact").len(), 500);
+    let log = queue_dir(&server, "compact").join("acks.log");
+    let before = std::fs::metadata(&log).unwrap().len();
+    assert_eq!(before, 500 * 16, "one entry per acknowledgement");
+    server.stop();
+    server.restart();
+    server.connect().ping().unwrap();
+    let after = std::fs::metadata(&log).unwrap().len();
+    assert!(after < before, "settled entries below the floor are dropped: {before} -> {after}");
+    assert!(drain(&server.connect(), "compact").is_empty(), "and nothing comes back");
+}

@@ -2,7 +2,8 @@
 //!
 //! Owned by exactly one shard (the one its name hashes to); only that shard's thread touches it.
 //! Invariants, checked by assertions and the tests below:
-//! - a message is in exactly one place: `ready`, one consumer's `unacked`, or gone (settled,
+//! - a message is in exactly one place: `ready`, one consumer's `unacked`, `retained`
+//!   (acknowledged, kept for seeking by a queue with a retention bound), or gone (settled,
 //!   expired or handed back as a dead letter);
 //! - a consumer never holds more unsettled deliveries than its credit;
 //! - sequences and delivery tags only grow.
@@ -114,7 +115,8 @@ pub struct QueueStats {
     pub refused_full: u64,
 }
 
-/// Bytes of dead letters handed to the store at once (well below a journal ring's half).
+/// Bytes of dead letters handed to the store at once: below half of the default journal ring
+/// (64 MiB); a smaller ring refuses larger chunks, which are then dropped with a log line.
 const DEAD_LETTER_CHUNK_BYTES: u64 = 4 << 20;
 
 /// The producer's timestamp of a stored record.

@@ -1,4 +1,4 @@
-//! `rdmq publish`, `rdmq consume`, `rdmq subscribe`: line-oriented tools in the manner of
+//! `rdmq publish`, `rdmq consume`, `rdmq subscribe`, `rdmq browse`: line-oriented tools in the manner of
 //! `mosquitto_pub`/`mosquitto_sub` and `nats pub`/`nats sub`.
 
 use std::io::{BufRead, Write};

@@ -2,8 +2,8 @@
 //! the acknowledgement log and the queue's metadata. Pure: bytes in, decisions out.
 //!
 //! ```text
-//! <data_dir>/queues/<hex of queue name>/
-//!     meta.json                    queue options, written once at declaration
+//! <data_dir>/queues/<hex of the name, or h<fnv64> for names over 100 bytes>/
+//!     meta.json                    name, options and bindings (rewritten on BIND/UNBIND)
 //!     checkpoint                   floor: every sequence below it is settled (16 bytes)
 //!     00000000000000000000.seg     segments, named by their first sequence, each a run of
 //!     00000000000000052318.seg     record batches in the wire layout (base_seq stamped)

@@ -242,17 +242,23 @@ impl Journal {
 
     /// The write with `tag` finished with `result` (bytes written or -errno).
     pub fn write_done(&mut self, tag: u32, result: i32) {
-        let entry = self
+        let at = self
             .in_flight
-            .iter_mut()
-            .find(|(t, _, done)| *t == tag && !done)
+            .iter()
+            .position(|(t, _, done)| *t == tag && !done)
             .expect("completion for a write in flight");
-        entry.2 = true;
-        let p = entry.1.clone();
+        self.in_flight[at].2 = true;
+        let p = self.in_flight[at].1.clone();
         for c in &p.claims {
             self.ring.borrow_mut().release(*c);
         }
+        if self.failed.is_some() {
+            // After a failure nothing more becomes written or durable; just let go of it.
+            self.in_flight.remove(at);
+            return;
+        }
         if result < 0 || result as usize != p.claim.len {
+            self.in_flight.remove(at);
             let why = if result < 0 {
                 std::io::Error::from_raw_os_error(-result).to_string()
             } else {

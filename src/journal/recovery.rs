@@ -14,6 +14,7 @@ use super::format::{self, QueueMeta, ScanEnd};
 use crate::broker::MsgRef;
 
 /// One unsettled message found on disk.
+/// One message found on disk, settled or not.
 pub struct RecoveredMsg {
     pub seq: u64,
     /// Acknowledged before the restart (kept only by queues that retain for seeking).
@@ -48,6 +49,15 @@ pub fn recover(dir: &Path) -> Result<Recovered, String> {
         Err(_) => 0,
     };
     let mut segments = list_segments(dir)?;
+    // A segment created at a roll whose first write never happened (it waits for the previous
+    // segment's writes) is empty: drop it, so the previous one is the last and its tail can be
+    // recognised as torn.
+    while segments.len() > 1
+        && std::fs::metadata(&segments[segments.len() - 1].1).is_ok_and(|m| m.len() == 0)
+    {
+        let (_, path) = segments.pop().expect("checked");
+        let _ = std::fs::remove_file(&path);
+    }
     // A crash between writing the checkpoint and deleting settled segments leaves them behind.
     while segments.len() > 1 && segments[1].0 <= floor {
         let (_, path) = segments.remove(0);
@@ -138,6 +148,19 @@ pub fn recover(dir: &Path) -> Result<Recovered, String> {
         }
     }
     r.next_seq = r.next_seq.max(expected);
+    // Without retention, everything below the first unsettled message is settled: record that
+    // as the new floor, so the acknowledgement log can forget it.
+    let retains = r.meta.max_bytes > 0 || r.meta.max_age_ms > 0;
+    let mut new_floor = floor;
+    if !retains && r.corrupt.is_none() {
+        new_floor = r.messages.iter().find(|m| !m.settled).map_or(r.next_seq, |m| m.seq);
+        if new_floor > floor {
+            super::write_checkpoint(dir, new_floor)
+                .map_err(|e| format!("{}: checkpoint: {e}", dir.display()))?;
+            r.messages.retain(|m| m.seq >= new_floor);
+        }
+    }
+    compact_acks(dir, &acked, new_floor, r.next_seq)?;
     if let Some(why) = &r.corrupt {
         eprintln!(
             "rdmq: recovery: {why}; serving the {} messages before it, refusing publishes",
@@ -158,6 +181,33 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, String> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Rewrites `acks.log` with only the entries that still mean something: at or above the floor
+/// (below it everything is settled anyway) and below the recovered end (entries for sequences a
+/// crash took away must not settle new messages that reuse them). Atomic: temp, rename, sync.
+fn compact_acks(dir: &Path, acked: &HashSet<u64>, floor: u64, end: u64) -> Result<(), String> {
+    let keep: Vec<u64> = {
+        let mut v: Vec<u64> = acked.iter().copied().filter(|s| (floor..end).contains(s)).collect();
+        v.sort_unstable();
+        v
+    };
+    if keep.len() == acked.len()
+        && std::fs::metadata(dir.join("acks.log")).map_or(0, |m| m.len()) as usize
+            == keep.len() * format::ACK_ENTRY_LEN
+    {
+        return Ok(());
+    }
+    let mut bytes = Vec::with_capacity(keep.len() * format::ACK_ENTRY_LEN);
+    for s in keep {
+        format::encode_ack(s, &mut bytes);
+    }
+    let tmp = dir.join("acks.log.tmp");
+    let io = |e: std::io::Error| format!("{}: compacting acks.log: {e}", dir.display());
+    std::fs::write(&tmp, &bytes).map_err(io)?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
+    std::fs::rename(&tmp, dir.join("acks.log")).map_err(io)?;
+    super::sync_dir(dir).map_err(io)
 }
 
 /// Settled sequences from `acks.log`; a torn last entry (a write cut by a crash) is dropped.

@@ -18,8 +18,9 @@ pub mod code {
     pub const PRECONDITION_FAILED: u16 = 406;
     pub const INVALID_ARGUMENT: u16 = 400;
     pub const RESOURCE_LIMIT: u16 = 429;
-    /// The journal could not store the messages (disk full, I/O error, corruption found at
-    /// recovery); sticky until the server restarts.
+    /// The journal could not store the messages: sticky until restart when the journal failed
+    /// (disk full, I/O error, corruption found at recovery), transient when its write ring was
+    /// momentarily full.
     pub const STORAGE_FAILED: u16 = 460;
     pub const PROTOCOL_ERROR: u16 = 500;
     pub const UNSUPPORTED_VERSION: u16 = 505;
