@@ -11,6 +11,7 @@ pub mod config;
 mod conn;
 mod durable;
 mod event;
+pub mod gateway;
 mod handlers;
 pub mod journal;
 pub mod mailbox;
