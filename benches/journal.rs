@@ -44,6 +44,7 @@ fn append(c: &mut Criterion) {
         b.finish(&mut batch);
         let view = BatchView::decode(&batch).unwrap();
         let recs: Vec<&[u8]> = view.records().map(|(_, r)| r.bytes).collect();
+        let bytes: usize = recs.iter().map(|r| r.len()).sum();
         let qdir = dir.join(format!("q{size}"));
         std::fs::create_dir_all(&qdir).unwrap();
         let j =
@@ -54,7 +55,7 @@ fn append(c: &mut Criterion) {
         g.throughput(Throughput::Elements(records as u64));
         g.bench_with_input(BenchmarkId::new("batch_of_records", size), &size, |bench, _| {
             bench.iter(|| {
-                store.append(seq, &mut recs.iter().copied()).unwrap();
+                store.append(seq, bytes, &mut recs.iter().copied()).unwrap();
                 seq += records as u64;
                 // Pretend the kernel wrote it, so the ring space comes back.
                 let w = j.borrow_mut().next_write().unwrap();

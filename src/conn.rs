@@ -12,12 +12,35 @@ use rustc_hash::FxHashMap;
 use crate::broker::MsgRef;
 use rdmq_client::wire::deliver::DeliverWriter;
 
-/// Entries per DELIVER frame written from a topic buffer: large enough to amortise the frame
-/// header.
+/// Topic messages moved from a subscription's buffer into the output at a time (between
+/// high-water checks): large enough to amortise the frame header.
 pub const TOPIC_DELIVER_BATCH: usize = 1024;
-/// Bytes per DELIVER frame written from a topic buffer: a frame is cut before it would pass
-/// this (it always holds at least one record, and a record always fits a client's limit).
-pub const TOPIC_DELIVER_BYTES: usize = 1 << 20;
+/// Bytes per DELIVER frame: a frame is cut before a record would take it past this (it always
+/// holds at least one record, and a record always fits a client's frame limit).
+pub const DELIVER_FRAME_BYTES: usize = 1 << 20;
+
+/// Appends DELIVER frames for consumer or subscription `id`, entries given as (tag,
+/// delivery count, flags, record), cut at [`DELIVER_FRAME_BYTES`]. Returns the entry count.
+pub fn write_deliver_frames<'a>(
+    out: &mut Vec<u8>,
+    id: u32,
+    entries: impl Iterator<Item = (u64, u32, u16, &'a [u8])>,
+) -> usize {
+    let mut written = 0;
+    let mut frame_start = out.len();
+    let mut w = DeliverWriter::begin(out, id);
+    for (tag, count, flags, record) in entries {
+        if w.count() > 0 && out.len() - frame_start + record.len() > DELIVER_FRAME_BYTES {
+            w.finish(out);
+            frame_start = out.len();
+            w = DeliverWriter::begin(out, id);
+        }
+        w.push(out, tag, count, flags, record);
+        written += 1;
+    }
+    w.finish(out);
+    written
+}
 
 /// A topic subscription's bounded buffer.
 #[derive(Default)]
@@ -35,7 +58,6 @@ pub struct Conn {
     /// Shard clock at accept, for the handshake deadline.
     pub accepted_ms: u64,
     pub flush_on_close: bool,
-    pub close_reason: String,
     pub recv_armed: bool,
     /// Bytes received but not yet forming a whole frame.
     pub inbuf: Vec<u8>,
@@ -62,7 +84,6 @@ impl Conn {
             closing_since_ms: 0,
             accepted_ms: 0,
             flush_on_close: false,
-            close_reason: String::new(),
             recv_armed: true,
             inbuf: Vec::new(),
             out: Vec::with_capacity(64 << 10),
@@ -89,18 +110,10 @@ impl Conn {
         let mut written = 0;
         for (&id, sub) in self.subs.iter_mut() {
             while !sub.pending.is_empty() && self.out.len() < high_water {
-                let frame_start = self.out.len();
-                let mut w = DeliverWriter::begin(&mut self.out, id);
-                while let Some(m) = sub.pending.front() {
-                    let full = self.out.len() - frame_start + m.bytes().len() > TOPIC_DELIVER_BYTES;
-                    if w.count() as usize == TOPIC_DELIVER_BATCH || (w.count() > 0 && full) {
-                        break;
-                    }
-                    w.push(&mut self.out, 0, 1, 0, m.bytes());
-                    sub.pending.pop_front();
-                }
-                written += w.count() as usize;
-                w.finish(&mut self.out);
+                let n = sub.pending.len().min(TOPIC_DELIVER_BATCH);
+                let entries = sub.pending.iter().take(n).map(|m| (0, 1, 0, m.bytes()));
+                written += write_deliver_frames(&mut self.out, id, entries);
+                sub.pending.drain(..n);
             }
         }
         written

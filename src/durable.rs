@@ -65,18 +65,7 @@ impl Shard {
                     ));
                 }
                 std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-                let meta = QueueMeta {
-                    name: name.to_string(),
-                    durability: durability.as_str().to_string(),
-                    max_deliveries: opts.max_deliveries,
-                    max_length: opts.max_length,
-                    dead_letter: opts.dead_letter.clone(),
-                    max_bytes: opts.max_bytes,
-                    max_age_ms: opts.max_age_ms,
-                    bindings: Vec::new(),
-                };
-                write_meta(&dir, &meta)
-                    .map_err(|e| format!("{}: meta.json: {e}", dir.display()))?;
+                write_meta(&dir, &meta_of(name, &opts, &[]))?;
                 journal::sync_dir(&self.queues_root()).map_err(|e| e.to_string())?;
                 let ring = self.journal_ring.clone();
                 let seg = self.cfg.segment_bytes;
@@ -148,15 +137,8 @@ impl Shard {
 
     fn recover_queue(&mut self, name: &str, dir: PathBuf) -> Result<(), String> {
         let r = journal::recover(&dir)?;
-        let durability: Durability = r.meta.durability.parse()?;
-        let opts = QueueOptions {
-            durability,
-            max_deliveries: r.meta.max_deliveries,
-            max_length: r.meta.max_length,
-            dead_letter: r.meta.dead_letter.clone(),
-            max_bytes: r.meta.max_bytes,
-            max_age_ms: r.meta.max_age_ms,
-        };
+        let opts = options_of(&r.meta)?;
+        let durability = opts.durability;
         let ring = self.journal_ring.clone();
         let seg = self.cfg.segment_bytes;
         let mut j =
@@ -211,9 +193,8 @@ impl Shard {
         let mut waiting = 0;
         for id in 0..self.journals.len() {
             let Some(entry) = &self.journals[id] else { continue };
-            let (queue, j, deleted) = (entry.queue.clone(), entry.journal.clone(), entry.deleted);
-            let moved_to = entry.moved_to.clone();
-            let (durable, failed) = {
+            let j = entry.journal.clone();
+            {
                 let mut jb = j.borrow_mut();
                 jb.flush_acks();
                 while let Some(w) = jb.next_write() {
@@ -223,12 +204,13 @@ impl Shard {
                     self.submit_journal_sync(fd, id as u32);
                 }
                 waiting += jb.sync_waiting() as usize;
-                (jb.durable_position(), jb.failure().map(str::to_string))
-            };
-            if deleted {
+            }
+            let entry = self.journals[id].as_ref().expect("still registered");
+            if entry.deleted {
                 // The name may already belong to a new queue: hold nothing for the old one.
                 if !j.borrow().has_io() {
-                    let dir = moved_to.unwrap_or_else(|| j.borrow().dir().to_path_buf());
+                    let dir =
+                        entry.moved_to.clone().unwrap_or_else(|| j.borrow().dir().to_path_buf());
                     self.journals[id] = None;
                     if let Err(e) = std::fs::remove_dir_all(&dir) {
                         eprintln!("rdmq: cannot remove deleted queue {}: {e}", dir.display());
@@ -236,7 +218,10 @@ impl Shard {
                 }
                 continue;
             }
-            self.release_held(&queue, durable, failed);
+            if self.held.contains_key(&entry.queue) {
+                let queue = entry.queue.clone();
+                self.release_held(&queue, &j.borrow());
+            }
         }
         // A group waiting out its delay is work: keep the loop turning until it closes.
         waiting
@@ -259,7 +244,8 @@ impl Shard {
         self.held.entry(queue.clone()).or_default().push_back(held);
     }
 
-    fn release_held(&mut self, queue: &Arc<str>, durable: u64, failed: Option<String>) {
+    fn release_held(&mut self, queue: &Arc<str>, journal: &Journal) {
+        let (durable, failed) = (journal.durable_position(), journal.failure());
         let Some(list) = self.held.get_mut(queue) else { return };
         let mut ready: VecDeque<Held> = VecDeque::new();
         while list.front().is_some_and(|h| h.end_seq <= durable || failed.is_some()) {
@@ -269,7 +255,7 @@ impl Shard {
             self.held.remove(queue);
         }
         for h in ready {
-            let kind = match (&failed, h.end_seq <= durable) {
+            let kind = match (failed, h.end_seq <= durable) {
                 (_, true) => ReplyKind::Confirm { position: h.position, count: h.count },
                 (Some(why), false) => ReplyKind::Error {
                     code: code::STORAGE_FAILED,
@@ -299,17 +285,7 @@ impl Shard {
             return Ok(());
         }
         let dir = self.queues_root().join(queue_dir_name(name));
-        let meta = QueueMeta {
-            name: name.to_string(),
-            durability: q.opts.durability.as_str().to_string(),
-            max_deliveries: q.opts.max_deliveries,
-            max_length: q.opts.max_length,
-            dead_letter: q.opts.dead_letter.clone(),
-            max_bytes: q.opts.max_bytes,
-            max_age_ms: q.opts.max_age_ms,
-            bindings: q.bindings.clone(),
-        };
-        write_meta(&dir, &meta).map_err(|e| format!("{}: meta.json: {e}", dir.display()))
+        write_meta(&dir, &meta_of(name, &q.opts, &q.bindings))
     }
 
     /// A durable queue was deleted: its directory is renamed out of the way at once (so the
@@ -348,12 +324,34 @@ fn deleted_dir(dir: &std::path::Path) -> PathBuf {
     dir.with_file_name(name)
 }
 
-fn write_meta(dir: &std::path::Path, meta: &QueueMeta) -> std::io::Result<()> {
-    let tmp = dir.join("meta.json.tmp");
+/// What `meta.json` records of a queue; [`options_of`] reads it back.
+fn meta_of(name: &str, opts: &QueueOptions, bindings: &[String]) -> QueueMeta {
+    QueueMeta {
+        name: name.to_string(),
+        durability: opts.durability.as_str().to_string(),
+        max_deliveries: opts.max_deliveries,
+        max_length: opts.max_length,
+        dead_letter: opts.dead_letter.clone(),
+        max_bytes: opts.max_bytes,
+        max_age_ms: opts.max_age_ms,
+        bindings: bindings.to_vec(),
+    }
+}
+
+fn options_of(meta: &QueueMeta) -> Result<QueueOptions, String> {
+    Ok(QueueOptions {
+        durability: meta.durability.parse()?,
+        max_deliveries: meta.max_deliveries,
+        max_length: meta.max_length,
+        dead_letter: meta.dead_letter.clone(),
+        max_bytes: meta.max_bytes,
+        max_age_ms: meta.max_age_ms,
+    })
+}
+
+/// Replaces `meta.json` atomically: temp file, sync, rename, directory sync.
+fn write_meta(dir: &std::path::Path, meta: &QueueMeta) -> Result<(), String> {
     let text = serde_json::to_vec_pretty(meta).expect("serialisable");
-    let f = std::fs::File::create(&tmp)?;
-    std::io::Write::write_all(&mut &f, &text)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join("meta.json"))?;
-    journal::sync_dir(dir)
+    journal::replace_file(dir, "meta.json", &text)
+        .map_err(|e| format!("{}: meta.json: {e}", dir.display()))
 }

@@ -37,8 +37,10 @@ pub enum Event {
         reply: ReplyTo,
         name: Arc<str>,
     },
+    /// `reply` is `None` for appends nobody waits for (a topic publish copied into a bound
+    /// queue); `confirm` is false for NO_CONFIRM publishes, which hear only of errors.
     Publish {
-        reply: ReplyTo,
+        reply: Option<ReplyTo>,
         confirm: bool,
         queue: Arc<str>,
         batch: Arc<[u8]>,

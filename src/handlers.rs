@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use rdmq_client::error_code as code;
-use rdmq_client::wire::deliver::{DeliverWriter, FLAG_REDELIVERED};
+use rdmq_client::wire::deliver::FLAG_REDELIVERED;
 use rdmq_client::wire::error::{encode_ok, ErrorFrame};
 use rdmq_client::wire::frame::{FLAG_MULTIPLE, FLAG_NO_CONFIRM};
 use rdmq_client::wire::hello::Welcome;
@@ -19,14 +19,11 @@ use rdmq_client::wire::{self, Command, FrameHeader, PROTOCOL_VERSION};
 use crate::broker::pattern;
 use crate::broker::queue::{Delivered, QMsg, Queue, QueueOptions, SeekTo, Settle};
 use crate::broker::{MsgRef, SubKey};
-use crate::conn::SubState;
+use crate::conn::{write_deliver_frames, SubState};
 use crate::durable::Held;
 use crate::event::{Event, ReplyKind, ReplyTo};
 use crate::metrics;
 use crate::shard::Shard;
-
-/// A DELIVER frame for a queue consumer is cut at this size, far below any client's limit.
-const DELIVER_FRAME_BYTES: usize = 1 << 20;
 
 impl Shard {
     /// Bytes arrived for the connection in `slot`: append them and handle every whole frame.
@@ -232,7 +229,13 @@ impl Shard {
                 let owner = self.queue_owner(&queue);
                 self.route(
                     owner,
-                    Event::Publish { reply, confirm, queue, batch, count: p.batch.count },
+                    Event::Publish {
+                        reply: Some(reply),
+                        confirm,
+                        queue,
+                        batch,
+                        count: p.batch.count,
+                    },
                 );
             }
             DestKind::Topic => {
@@ -330,21 +333,10 @@ impl Shard {
             return;
         };
         let key = SubKey { shard: self.id, slot, generation, id: acks.consumer };
-        let ev = Event::Settle {
-            queue,
-            key,
-            op,
-            multiple: flags & FLAG_MULTIPLE != 0,
-            tags: acks.tags().collect(),
-        };
-        self.route(self.queue_owner_of_key(&ev), ev);
-    }
-
-    fn queue_owner_of_key(&self, ev: &Event) -> usize {
-        match ev {
-            Event::Settle { queue, .. } => self.queue_owner(queue),
-            _ => unreachable!("only settles are routed here"),
-        }
+        let owner = self.queue_owner(&queue);
+        let multiple = flags & FLAG_MULTIPLE != 0;
+        let ev = Event::Settle { queue, key, op, multiple, tags: acks.tags().collect() };
+        self.route(owner, ev);
     }
 
     /// The queue `name` on this shard, created with default options if auto-creation is on.
@@ -403,12 +395,10 @@ impl Shard {
         queues.sort_unstable();
         queues.dedup();
         let batch: Arc<[u8]> = Arc::from(&body[p.batch_offset..]);
-        // Nobody waits for these appends: errors are dropped at the reply (no such slot).
-        let reply = ReplyTo { shard: self.id, slot: u32::MAX, generation: 0, request_id: 0 };
         for queue in queues {
             let owner = self.queue_owner(&queue);
             let ev = Event::Publish {
-                reply,
+                reply: None,
                 confirm: false,
                 queue,
                 batch: batch.clone(),
@@ -424,19 +414,8 @@ impl Shard {
         if conn.closing {
             return;
         }
-        let mut w = DeliverWriter::begin(&mut conn.out, id);
-        let mut frame_start = conn.out.len();
-        for (seq, rec, deliveries) in &msgs {
-            if w.count() > 0
-                && conn.out.len() - frame_start + rec.bytes().len() > DELIVER_FRAME_BYTES
-            {
-                w.finish(&mut conn.out);
-                frame_start = conn.out.len();
-                w = DeliverWriter::begin(&mut conn.out, id);
-            }
-            w.push(&mut conn.out, *seq, *deliveries, 0, rec.bytes());
-        }
-        w.finish(&mut conn.out);
+        let entries = msgs.iter().map(|(seq, rec, deliveries)| (*seq, *deliveries, 0, rec.bytes()));
+        write_deliver_frames(&mut conn.out, id, entries);
         encode_ok(&mut conn.out, to.request_id);
         self.dirty_conns.push(to.slot);
     }
@@ -449,22 +428,11 @@ impl Shard {
             // Dropped here; the queue requeues them when the cancel or close reaches it.
             return;
         }
-        let mut w = DeliverWriter::begin(&mut conn.out, key.id);
-        let mut frame_start = conn.out.len();
-        for m in &msgs {
-            // Cut before a record would take the frame past the bound (a frame always holds at
-            // least one record; a record is never larger than a client's frame limit).
-            if w.count() > 0
-                && conn.out.len() - frame_start + m.rec.bytes().len() > DELIVER_FRAME_BYTES
-            {
-                w.finish(&mut conn.out);
-                frame_start = conn.out.len();
-                w = DeliverWriter::begin(&mut conn.out, key.id);
-            }
+        let entries = msgs.iter().map(|m| {
             let flags = if m.redelivered { FLAG_REDELIVERED } else { 0 };
-            w.push(&mut conn.out, m.tag, m.delivery_count, flags, m.rec.bytes());
-        }
-        w.finish(&mut conn.out);
+            (m.tag, m.delivery_count, flags, m.rec.bytes())
+        });
+        write_deliver_frames(&mut conn.out, key.id, entries);
         metrics::add(&self.metrics.delivered, msgs.len() as u64);
         self.dirty_conns.push(key.slot);
     }
@@ -520,9 +488,14 @@ pub fn apply(s: &mut Shard, ev: Event) {
         }
         Event::Publish { reply, confirm, queue, batch, count } => {
             let now = s.now_ms;
+            let answer = |s: &mut Shard, kind| {
+                if let Some(to) = reply {
+                    s.reply(to, kind)
+                }
+            };
             let q = match s.queue_or_create(&queue, None) {
                 Ok(q) => q,
-                Err(kind) => return s.reply(reply, kind),
+                Err(kind) => return answer(s, kind),
             };
             let recs = BatchView::trusted(&batch)
                 .records()
@@ -530,24 +503,25 @@ pub fn apply(s: &mut Shard, ev: Event) {
             let result = q.publish(&batch, recs, count, now);
             let durable = q.durable_position();
             s.mark_queue_dirty(&queue);
-            match result {
-                Ok((position, count)) if durable >= position + count as u64 => {
-                    if confirm {
-                        s.reply(reply, ReplyKind::Confirm { position, count });
-                    }
+            // Errors go to whoever asked; confirms only to publishers that want them.
+            match (result, reply.filter(|_| confirm)) {
+                (Ok(_), None) => {}
+                (Ok((position, count)), Some(to)) if durable >= position + count as u64 => {
+                    s.reply(to, ReplyKind::Confirm { position, count })
                 }
-                Ok((position, count)) => {
-                    if confirm {
-                        let held =
-                            Held { end_seq: position + count as u64, reply, position, count };
-                        s.hold_confirm(&queue, held);
-                    }
+                (Ok((position, count)), Some(to)) => {
+                    let held =
+                        Held { end_seq: position + count as u64, reply: to, position, count };
+                    s.hold_confirm(&queue, held);
                 }
-                Err(
-                    e @ (crate::broker::queue::QueueError::Full { .. }
-                    | crate::broker::queue::QueueError::FullBytes { .. }),
-                ) => s.reply(reply, err(code::RESOURCE_LIMIT, format!("{queue}: {e}"))),
-                Err(e) => s.reply(reply, err(code::STORAGE_FAILED, format!("{queue}: {e}"))),
+                (
+                    Err(
+                        e @ (crate::broker::queue::QueueError::Full { .. }
+                        | crate::broker::queue::QueueError::FullBytes { .. }),
+                    ),
+                    _,
+                ) => answer(s, err(code::RESOURCE_LIMIT, format!("{queue}: {e}"))),
+                (Err(e), _) => answer(s, err(code::STORAGE_FAILED, format!("{queue}: {e}"))),
             }
         }
         Event::DeadLetter { queue, durability, msgs } => {
@@ -556,10 +530,7 @@ pub fn apply(s: &mut Shard, ev: Event) {
                 Ok(q) => {
                     q.append_dead_letters(msgs, now);
                 }
-                Err(ReplyKind::Error { message, .. }) => {
-                    eprintln!("rdmq: dropped {} dead letters: {message}", msgs.len())
-                }
-                Err(_) => unreachable!("queue_or_create fails with an error"),
+                Err(why) => eprintln!("rdmq: dropped {} dead letters: {why:?}", msgs.len()),
             }
             s.mark_queue_dirty(&queue);
         }
@@ -757,7 +728,7 @@ pub fn fatal(s: &mut Shard, slot: u32, code: u16, message: &str) {
     if code == code::PROTOCOL_ERROR || code == code::FRAME_TOO_LARGE {
         metrics::add(&s.metrics.protocol_errors, 1);
     }
-    s.close_conn_with(slot, message, true);
+    s.close_conn_with(slot, true);
 }
 
 fn name_of(cmd: &Command<'_>) -> &'static str {

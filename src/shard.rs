@@ -493,10 +493,9 @@ impl Shard {
             conn.recv_armed = false;
         }
         if c.result == 0 {
-            self.close_conn(slot, "peer closed");
+            self.close_conn(slot); // the peer closed
         } else if c.result < 0 && c.result != -libc::ENOBUFS && c.result != -libc::ECANCELED {
-            let why = format!("receive failed: {}", errno(c.result));
-            self.close_conn(slot, &why);
+            self.close_conn(slot); // receive failed
         }
         let conn = self.conn(slot, generation).expect("closing keeps the slot");
         if !conn.recv_armed && !conn.closing {
@@ -515,8 +514,7 @@ impl Shard {
         if c.result < 0 {
             conn.sending.clear();
             conn.send_offset = 0;
-            let why = format!("send failed: {}", errno(c.result));
-            self.close_conn(slot, &why);
+            self.close_conn(slot); // send failed
             self.maybe_release(slot);
             return;
         }
@@ -566,12 +564,12 @@ impl Shard {
     /// Begins closing a connection: tells every shard (its consumers' unacked messages are
     /// requeued, its subscriptions removed), cancels its receive and, once nothing is in flight
     /// and queued output is written, closes the socket.
-    pub fn close_conn(&mut self, slot: u32, why: &str) {
-        self.close_conn_with(slot, why, false)
+    pub fn close_conn(&mut self, slot: u32) {
+        self.close_conn_with(slot, false)
     }
 
     /// As [`Shard::close_conn`]; with `flush`, queued output (an error frame) is written first.
-    pub fn close_conn_with(&mut self, slot: u32, why: &str, flush: bool) {
+    pub fn close_conn_with(&mut self, slot: u32, flush: bool) {
         let id = self.id;
         let Some(conn) = self.conns[slot as usize].as_mut() else {
             return;
@@ -585,7 +583,6 @@ impl Shard {
         if !flush {
             conn.out.clear();
         }
-        conn.close_reason = why.to_string();
         let generation = conn.generation;
         if conn.recv_armed {
             let target = user_data(op::RECV, generation, slot);

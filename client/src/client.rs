@@ -223,10 +223,6 @@ impl<V: Default> IdMap<V> {
         let i = self.items.iter().position(|(k, _)| k == id)?;
         Some(self.items.swap_remove(i).1)
     }
-
-    fn ids(&self) -> impl Iterator<Item = u32> + '_ {
-        self.items.iter().map(|(k, _)| *k)
-    }
 }
 
 /// DELIVER frame buffers kept for reuse: enough for a consumer holding a full credit window
@@ -332,7 +328,7 @@ impl Connection {
     pub fn ping(&self) -> Result<Duration, Error> {
         let start = Instant::now();
         let mut inner = self.inner.borrow_mut();
-        let req = inner.request_id();
+        let req = inner.begin_request();
         wire::ping::Ping { token: req }.encode(&mut inner.wbuf, req, false);
         inner.wait_reply(req)?;
         Ok(start.elapsed())
@@ -437,7 +433,7 @@ impl Connection {
 
     fn request(&self, encode: impl FnOnce(&mut Vec<u8>, u64)) -> Result<(), Error> {
         let mut inner = self.inner.borrow_mut();
-        let req = inner.request_id();
+        let req = inner.begin_request();
         encode(&mut inner.wbuf, req);
         inner.wait_reply(req)
     }
@@ -448,6 +444,14 @@ impl Inner {
         let r = self.next_request;
         self.next_request += 1;
         r
+    }
+
+    /// Starts a request: buffered acks go out first, ahead of it on the wire, so the request's
+    /// reply also means the server has seen them (an UNSUBSCRIBE after them does not requeue
+    /// what they settle).
+    fn begin_request(&mut self) -> u64 {
+        self.flush_all_acks();
+        self.request_id()
     }
 
     fn sub_id(&mut self) -> u32 {
@@ -673,8 +677,6 @@ impl Inner {
     }
 
     fn wait_reply_inner(&mut self, req: u64) -> Result<(), Error> {
-        // Acks travel ahead of the request, so its reply also means they reached the server.
-        self.flush_all_acks();
         self.write_all()?;
         let deadline = Instant::now() + self.opts.request_timeout;
         loop {
@@ -699,18 +701,23 @@ impl Inner {
 
     fn flush_acks(&mut self, consumer: u32) {
         if let Some(tags) = self.pending_acks.get_mut(&consumer) {
-            if !tags.is_empty() {
-                wire::ack::Acks::encode(&mut self.wbuf, Opcode::Ack, 0, consumer, tags);
-                tags.clear();
-            }
+            encode_acks(&mut self.wbuf, consumer, tags);
         }
     }
 
     fn flush_all_acks(&mut self) {
-        let ids: Vec<u32> = self.pending_acks.ids().collect();
-        for id in ids {
-            self.flush_acks(id);
+        for (consumer, tags) in &mut self.pending_acks.items {
+            encode_acks(&mut self.wbuf, *consumer, tags);
         }
+    }
+
+    /// Cancels consumer or subscription `id`: its undelivered local messages are dropped and
+    /// the server requeues what a consumer had not acknowledged (pending acks go first).
+    fn unsubscribe(&mut self, id: u32) -> Result<(), Error> {
+        self.deliveries.remove(&id);
+        let req = self.begin_request();
+        wire::subscribe::Unsubscribe { id }.encode(&mut self.wbuf, req);
+        self.wait_reply(req)
     }
 
     /// Waits for the next delivery to `id`, writing buffered frames and acks first.
@@ -768,7 +775,6 @@ impl Producer {
     }
 
     fn send_with(&mut self, meta: &RecordMeta<'_>, payload: &[u8]) -> Result<Receipt, Error> {
-        check_name(if self.kind == DestKind::Queue { "queue" } else { "topic" }, &self.name)?;
         let mut inner = self.inner.borrow_mut();
         inner.check_open()?;
         inner.take_publish_error()?;
@@ -776,6 +782,8 @@ impl Producer {
             o.kind == self.kind && o.name == self.name && o.confirm == self.confirm
         });
         if !same {
+            // Checked when a batch opens, not per message: the name never changes.
+            check_name(if self.kind == DestKind::Queue { "queue" } else { "topic" }, &self.name)?;
             inner.close_batch();
             while inner.unconfirmed.len() >= inner.opts.max_unconfirmed {
                 inner.write_all()?;
@@ -911,12 +919,7 @@ impl Consumer {
         if !std::mem::replace(&mut self.open, false) {
             return Ok(());
         }
-        let mut inner = self.inner.borrow_mut();
-        inner.flush_acks(self.id);
-        inner.deliveries.remove(&self.id);
-        let req = inner.request_id();
-        wire::subscribe::Unsubscribe { id: self.id }.encode(&mut inner.wbuf, req);
-        inner.wait_reply(req)
+        self.inner.borrow_mut().unsubscribe(self.id)
     }
 }
 
@@ -946,11 +949,7 @@ impl Subscription {
         if !std::mem::replace(&mut self.open, false) {
             return Ok(());
         }
-        let mut inner = self.inner.borrow_mut();
-        inner.deliveries.remove(&self.id);
-        let req = inner.request_id();
-        wire::subscribe::Unsubscribe { id: self.id }.encode(&mut inner.wbuf, req);
-        inner.wait_reply(req)
+        self.inner.borrow_mut().unsubscribe(self.id)
     }
 }
 
@@ -971,6 +970,14 @@ fn check_name(what: &str, name: &str) -> Result<(), Error> {
         )));
     }
     Ok(())
+}
+
+/// Moves buffered acks of one consumer into an ACK frame.
+fn encode_acks(out: &mut Vec<u8>, consumer: u32, tags: &mut Vec<u64>) {
+    if !tags.is_empty() {
+        wire::ack::Acks::encode(out, Opcode::Ack, 0, consumer, tags);
+        tags.clear();
+    }
 }
 
 fn now_us() -> u64 {

@@ -49,10 +49,10 @@ pub fn wall_clock_ms() -> u64 {
 /// Which shard owns a queue: a stable hash of its name (FNV-1a, so it never depends on the
 /// process's hash seed and every shard computes the same answer).
 pub fn owner_shard(name: &str, shards: usize) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    (h % shards as u64) as usize
+    (fnv1a(name.as_bytes()) % shards as u64) as usize
+}
+
+/// 64-bit FNV-1a: stable across processes and versions, unlike the standard library's hasher.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }

@@ -37,19 +37,42 @@ pub fn is_wildcard(pattern: &str) -> bool {
     pattern.split('.').any(|w| w == "*" || w == "#")
 }
 
-/// Whether `topic` matches `pattern`. Both must be valid.
+/// Whether `topic` matches `pattern`. Both must be valid. Allocates nothing: it runs for every
+/// wildcard subscription and binding on every topic publish.
 pub fn matches(pattern: &str, topic: &str) -> bool {
-    let p: Vec<&str> = pattern.split('.').collect();
-    let t: Vec<&str> = topic.split('.').collect();
-    match_words(&p, &t)
+    match_words(Some(pattern), Some(topic))
 }
 
-fn match_words(p: &[&str], t: &[&str]) -> bool {
-    match p.split_first() {
-        None => t.is_empty(),
-        Some((&"#", rest)) => (0..=t.len()).any(|skip| match_words(rest, &t[skip..])),
-        Some((&"*", rest)) => !t.is_empty() && match_words(rest, &t[1..]),
-        Some((w, rest)) => t.first() == Some(w) && match_words(rest, &t[1..]),
+/// The first word and the rest (`None` when no words remain).
+fn split_word(s: &str) -> (&str, Option<&str>) {
+    match s.split_once('.') {
+        Some((word, rest)) => (word, Some(rest)),
+        None => (s, None),
+    }
+}
+
+fn match_words(p: Option<&str>, t: Option<&str>) -> bool {
+    let Some(p) = p else { return t.is_none() };
+    let (word, p_rest) = split_word(p);
+    match word {
+        "#" => {
+            // Zero words, then one more at a time.
+            let mut t = t;
+            loop {
+                if match_words(p_rest, t) {
+                    return true;
+                }
+                match t {
+                    Some(ts) => t = split_word(ts).1,
+                    None => return false,
+                }
+            }
+        }
+        "*" => t.is_some_and(|ts| match_words(p_rest, split_word(ts).1)),
+        w => t.is_some_and(|ts| {
+            let (tw, t_rest) = split_word(ts);
+            tw == w && match_words(p_rest, t_rest)
+        }),
     }
 }
 

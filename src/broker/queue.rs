@@ -204,7 +204,7 @@ impl Queue {
             self.stats.refused_full += 1;
             return Err(QueueError::Full { max_length: self.opts.max_length });
         }
-        // Upper bound on the batch's record bytes: the batch minus its header.
+        // The batch's record bytes: the batch minus its header.
         let incoming = (batch.len() - rdmq_client::wire::record::BATCH_HEADER_LEN) as u64;
         if !self.make_room(incoming) {
             self.stats.refused_full += 1;
@@ -221,7 +221,7 @@ impl Queue {
         }
         assert_eq!(self.next_seq - first, count as u64, "record count disagrees with batch header");
         let mut stored = self.ready.range(start..).map(|m| m.rec.bytes());
-        if let Err(e) = self.store.append(first, &mut stored) {
+        if let Err(e) = self.store.append(first, incoming as usize, &mut stored) {
             // Nothing confirmed: take the batch back out.
             let removed: u64 = self.ready.range(start..).map(|m| m.rec.len as u64).sum();
             self.bytes -= removed;
@@ -317,7 +317,7 @@ impl Queue {
                 self.next_seq += 1;
             }
             let mut stored = self.ready.range(start..).map(|m| m.rec.bytes());
-            if let Err(e) = self.store.append(first, &mut stored) {
+            if let Err(e) = self.store.append(first, chunk_bytes as usize, &mut stored) {
                 // Already settled where they came from: nothing confirmed is lost, but say so.
                 eprintln!(
                     "rdmq: dead-letter queue {}: dropped {n} dead letters: {}",

@@ -12,10 +12,12 @@ use rdmq_client::Durability;
 pub struct StoreError(pub String);
 
 pub trait Store {
-    /// Stores `records` (each a whole record as published) starting at sequence `first_seq`.
+    /// Stores `records` (each a whole record as published, `bytes` in all) starting at
+    /// sequence `first_seq`.
     fn append(
         &mut self,
         first_seq: u64,
+        bytes: usize,
         records: &mut dyn Iterator<Item = &[u8]>,
     ) -> Result<(), StoreError>;
     /// Records that sequence `seq` was acknowledged (or dead-lettered) and may be reclaimed.
@@ -37,6 +39,7 @@ impl Store for MemoryStore {
     fn append(
         &mut self,
         first_seq: u64,
+        _bytes: usize,
         records: &mut dyn Iterator<Item = &[u8]>,
     ) -> Result<(), StoreError> {
         self.next = first_seq + records.count() as u64;

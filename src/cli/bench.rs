@@ -429,7 +429,7 @@ struct RttRuns {
 
 impl RttRuns {
     fn new() -> RttRuns {
-        let hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid");
+        let hist = peer::latency_histogram();
         RttRuns { hist, round_trips: 0, secs: 0.0, verified: true, error: None }
     }
 

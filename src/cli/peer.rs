@@ -118,8 +118,7 @@ struct Checker {
 
 impl Checker {
     fn new(size: usize, latency: bool) -> Checker {
-        let hist = latency
-            .then(|| Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid bounds"));
+        let hist = latency.then(latency_histogram);
         Checker { size, next: 0, error: None, hist }
     }
 
@@ -153,6 +152,12 @@ impl Checker {
             latency_us: self.hist.map(|h| percentiles_us(&h)),
         }
     }
+}
+
+/// A histogram of nanoseconds from 1 ns to an hour, 3 significant figures. Recording saturates
+/// at the top rather than growing.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000_000, 3).expect("valid bounds")
 }
 
 /// p50, p99, p99.9 and max of a nanosecond histogram, in µs.

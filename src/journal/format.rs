@@ -28,12 +28,7 @@ pub fn queue_dir_name(queue: &str) -> String {
     if queue.len() <= 100 {
         return queue.bytes().map(|b| format!("{b:02x}")).collect();
     }
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in queue.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("h{h:016x}")
+    format!("h{:016x}", crate::broker::fnv1a(queue.as_bytes()))
 }
 
 pub fn queue_name_from_dir(dir: &str) -> Option<String> {

@@ -40,10 +40,8 @@ use ring::{Claim, Ring};
 /// One queued or in-flight write: a ring span bound for a file offset.
 #[derive(Debug, Clone)]
 struct Pending {
-    /// The span to write: one claim, or several adjacent ones merged.
+    /// The span to write: one claim, or several adjacent ones merged (released as one span).
     claim: Claim,
-    /// The ring claims it covers, released when the write completes.
-    claims: Vec<Claim>,
     file: Rc<File>,
     offset: u64,
     /// Sequence just past the last record in this span.
@@ -181,9 +179,7 @@ impl Journal {
             // Queued spans will never be written: give their ring space back to the shard's
             // other journals (in-flight ones come back with their completions).
             for p in self.queued.drain(..) {
-                for c in &p.claims {
-                    self.ring.borrow_mut().release(*c);
-                }
+                self.ring.borrow_mut().release(p.claim);
             }
         }
     }
@@ -230,7 +226,6 @@ impl Journal {
             }
             let next = self.queued.pop_front().expect("peeked");
             p.claim.len += next.claim.len;
-            p.claims.extend(next.claims);
             p.end_seq = next.end_seq;
         }
         let tag = self.next_tag;
@@ -249,9 +244,7 @@ impl Journal {
             .expect("completion for a write in flight");
         self.in_flight[at].2 = true;
         let p = self.in_flight[at].1.clone();
-        for c in &p.claims {
-            self.ring.borrow_mut().release(*c);
-        }
+        self.ring.borrow_mut().release(p.claim);
         if self.failed.is_some() {
             // After a failure nothing more becomes written or durable; just let go of it.
             self.in_flight.remove(at);
@@ -386,9 +379,10 @@ impl Store for JournalStore {
     fn append(
         &mut self,
         first_seq: u64,
+        bytes: usize,
         records: &mut dyn Iterator<Item = &[u8]>,
     ) -> Result<(), StoreError> {
-        self.0.borrow_mut().append(first_seq, records)
+        self.0.borrow_mut().append(first_seq, bytes, records)
     }
 
     fn settle(&mut self, seq: u64) {
@@ -412,38 +406,41 @@ impl Journal {
     fn append(
         &mut self,
         first_seq: u64,
+        bytes: usize,
         records: &mut dyn Iterator<Item = &[u8]>,
     ) -> Result<(), StoreError> {
         if let Some(why) = &self.failed {
             return Err(StoreError(format!("journal failed earlier: {why}")));
         }
         assert_eq!(first_seq, self.appended, "journal sequences must be contiguous");
-        let recs: Vec<&[u8]> = records.collect();
-        let len = BATCH_HEADER_LEN + recs.iter().map(|r| r.len()).sum::<usize>();
+        let len = BATCH_HEADER_LEN + bytes;
         self.roll_if_full(first_seq, len as u64)?;
         let claim = self.ring.borrow_mut().claim(len).ok_or_else(|| {
             StoreError("journal write ring is full: the disk is slower than the publishers".into())
         })?;
-        {
+        let count = {
             let mut ring = self.ring.borrow_mut();
             let buf = ring.bytes_mut(claim);
-            let mut at = BATCH_HEADER_LEN;
-            for r in &recs {
+            let (mut at, mut count) = (BATCH_HEADER_LEN, 0u32);
+            for r in records {
                 buf[at..at + r.len()].copy_from_slice(r);
                 at += r.len();
+                count += 1;
             }
+            assert_eq!(at, len, "record bytes disagree with the length given");
             buf[0..4].copy_from_slice(&(len as u32).to_le_bytes());
-            buf[16..20].copy_from_slice(&(recs.len() as u32).to_le_bytes());
+            buf[16..20].copy_from_slice(&count.to_le_bytes());
             buf[20..24].copy_from_slice(&0u32.to_le_bytes());
             set_base_seq(buf, first_seq);
             let crc = crc32c::crc32c(&buf[CRC_START..]);
             buf[4..8].copy_from_slice(&crc.to_le_bytes());
-        }
-        self.appended = first_seq + recs.len() as u64;
+            count
+        };
+        self.appended = first_seq + count as u64;
         let file = self.segment.clone();
         let offset = self.segment_len;
         let end_seq = self.appended;
-        self.queued.push_back(Pending { claim, claims: vec![claim], file, offset, end_seq });
+        self.queued.push_back(Pending { claim, file, offset, end_seq });
         self.segment_len += len as u64;
         Ok(())
     }
@@ -463,11 +460,17 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 pub fn write_checkpoint(dir: &Path, floor: u64) -> std::io::Result<()> {
-    let tmp = dir.join("checkpoint.tmp");
+    replace_file(dir, "checkpoint", &format::encode_checkpoint(floor))
+}
+
+/// Replaces `dir/name` with `bytes` so a crash leaves the old or the new file, never a mix:
+/// write a temp file, sync it, rename it over, sync the directory.
+pub fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
     let f = File::create(&tmp)?;
-    f.write_all_at(&format::encode_checkpoint(floor), 0)?;
+    f.write_all_at(bytes, 0)?;
     f.sync_data()?;
-    std::fs::rename(&tmp, dir.join("checkpoint"))?;
+    std::fs::rename(&tmp, dir.join(name))?;
     sync_dir(dir)
 }
 
@@ -488,7 +491,7 @@ mod tests {
     /// Appends one record and completes its write as the kernel would.
     fn write_one(j: &mut Journal, seq: u64, len: usize) {
         // The journal stores record bytes as given; they need not parse as a record here.
-        j.append(seq, &mut [vec![0u8; len].as_slice()].into_iter()).unwrap();
+        j.append(seq, len, &mut [vec![0u8; len].as_slice()].into_iter()).unwrap();
         let w = j.next_write().unwrap();
         j.write_done(w.tag, w.claim.len as i32);
     }
@@ -528,11 +531,11 @@ mod tests {
     #[test]
     fn a_failed_write_fails_the_journal_for_good() {
         let (mut j, dir) = journal("fail", GroupCommit::default());
-        j.append(0, &mut [[1u8; 10].as_slice()].into_iter()).unwrap();
+        j.append(0, 10, &mut [[1u8; 10].as_slice()].into_iter()).unwrap();
         let w = j.next_write().unwrap();
         j.write_done(w.tag, -libc::ENOSPC);
         assert!(j.failure().unwrap().contains("No space"));
-        assert!(j.append(1, &mut [[1u8; 10].as_slice()].into_iter()).is_err());
+        assert!(j.append(1, 10, &mut [[1u8; 10].as_slice()].into_iter()).is_err());
         assert!(j.next_syncs(0).is_empty());
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -202,12 +202,8 @@ fn compact_acks(dir: &Path, acked: &HashSet<u64>, floor: u64, end: u64) -> Resul
     for s in keep {
         format::encode_ack(s, &mut bytes);
     }
-    let tmp = dir.join("acks.log.tmp");
-    let io = |e: std::io::Error| format!("{}: compacting acks.log: {e}", dir.display());
-    std::fs::write(&tmp, &bytes).map_err(io)?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
-    std::fs::rename(&tmp, dir.join("acks.log")).map_err(io)?;
-    super::sync_dir(dir).map_err(io)
+    super::replace_file(dir, "acks.log", &bytes)
+        .map_err(|e| format!("{}: compacting acks.log: {e}", dir.display()))
 }
 
 /// Settled sequences from `acks.log`; a torn last entry (a write cut by a crash) is dropped.

@@ -19,7 +19,6 @@ static WARNED: AtomicBool = AtomicBool::new(false);
 pub struct Ring {
     base: *mut u8,
     capacity: usize,
-    huge: bool,
     /// Next position to claim.
     claimed: u64,
     /// Everything below is free again.
@@ -49,7 +48,7 @@ impl Ring {
             libc::mmap(std::ptr::null_mut(), capacity, prot, flags | libc::MAP_HUGETLB, -1, 0)
         };
         if huge != libc::MAP_FAILED {
-            return Ok(Ring::with(huge.cast(), capacity, true));
+            return Ok(Ring::with(huge.cast(), capacity));
         }
         if !WARNED.swap(true, Ordering::Relaxed) {
             eprintln!(
@@ -67,15 +66,11 @@ impl Ring {
         }
         // SAFETY: advice on a mapping we own; failure only loses the hint.
         unsafe { libc::madvise(base, capacity, libc::MADV_HUGEPAGE) };
-        Ok(Ring::with(base.cast(), capacity, false))
+        Ok(Ring::with(base.cast(), capacity))
     }
 
-    fn with(base: *mut u8, capacity: usize, huge: bool) -> Ring {
-        Ring { base, capacity, huge, claimed: 0, released: 0, claims: VecDeque::new() }
-    }
-
-    pub fn is_huge(&self) -> bool {
-        self.huge
+    fn with(base: *mut u8, capacity: usize) -> Ring {
+        Ring { base, capacity, claimed: 0, released: 0, claims: VecDeque::new() }
     }
 
     pub fn capacity(&self) -> usize {
@@ -120,14 +115,16 @@ impl Ring {
         unsafe { std::slice::from_raw_parts(self.base.add(off), c.len) }
     }
 
-    /// Marks a claim's write complete; frees every leading completed claim.
+    /// Marks the claims a span covers (one claim, or adjacent ones written together) complete;
+    /// frees every leading completed claim.
     pub fn release(&mut self, c: Claim) {
-        let entry = self
-            .claims
-            .iter_mut()
-            .find(|e| e.0 == c.start)
-            .expect("released a span that was not claimed");
-        entry.2 = true;
+        let end = c.start + c.len as u64;
+        let mut found = false;
+        for entry in self.claims.iter_mut().filter(|e| e.0 >= c.start && e.1 <= end) {
+            entry.2 = true;
+            found = true;
+        }
+        assert!(found, "released a span that was not claimed");
         while let Some(&(_, end, true)) = self.claims.front() {
             self.released = end;
             self.claims.pop_front();
@@ -170,6 +167,10 @@ mod tests {
         assert_eq!(c.start as usize & (cap - 1), 0);
         assert_eq!(r.bytes(c).len(), cap / 2);
         r.release(c);
+        assert_eq!(r.in_use(), 0);
+        // Adjacent claims written as one span are released as one.
+        let (d, e) = (r.claim(4096).unwrap(), r.claim(4096).unwrap());
+        r.release(Claim { start: d.start, len: d.len + e.len });
         assert_eq!(r.in_use(), 0);
     }
 }

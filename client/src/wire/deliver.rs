@@ -47,8 +47,8 @@ impl<'a> Deliver<'a> {
         let mut at = 0;
         for _ in 0..count {
             let mut er = Reader::new(&entries[at..]);
-            er.bytes(ENTRY_HEADER_LEN).map_err(|e| shift(e, at + 8))?;
-            let rec = RecordView::decode(er.rest()).map_err(|e| shift(e, at + 24))?;
+            er.bytes(ENTRY_HEADER_LEN).map_err(|e| e.shifted(at + 8))?;
+            let rec = RecordView::decode(er.rest()).map_err(|e| e.shifted(at + 24))?;
             at += ENTRY_HEADER_LEN + rec.bytes.len();
         }
         if at != entries.len() {
@@ -59,16 +59,6 @@ impl<'a> Deliver<'a> {
 
     pub fn entries(&self) -> EntryIter<'a> {
         EntryIter { buf: self.entries, at: 0 }
-    }
-}
-
-fn shift(e: DecodeError, by: usize) -> DecodeError {
-    match e {
-        DecodeError::Truncated { offset, needed, available } => {
-            DecodeError::Truncated { offset: offset + by, needed, available }
-        }
-        DecodeError::Invalid { offset, what } => DecodeError::Invalid { offset: offset + by, what },
-        other => other,
     }
 }
 

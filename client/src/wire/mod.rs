@@ -45,6 +45,22 @@ pub enum DecodeError {
     Checksum { expected: u32, actual: u32 },
 }
 
+impl DecodeError {
+    /// The same error with its offset moved by `by`: for a part decoded from inside a larger
+    /// buffer, so the offset reported is within the whole frame.
+    pub fn shifted(self, by: usize) -> DecodeError {
+        match self {
+            DecodeError::Truncated { offset, needed, available } => {
+                DecodeError::Truncated { offset: offset + by, needed, available }
+            }
+            DecodeError::Invalid { offset, what } => {
+                DecodeError::Invalid { offset: offset + by, what }
+            }
+            other => other,
+        }
+    }
+}
+
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

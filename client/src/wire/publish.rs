@@ -43,15 +43,7 @@ impl<'a> Publish<'a> {
         }
         let name = r.name()?;
         let batch_offset = r.position();
-        let batch = BatchView::decode(r.rest()).map_err(|e| match e {
-            DecodeError::Truncated { offset, needed, available } => {
-                DecodeError::Truncated { offset: offset + batch_offset, needed, available }
-            }
-            DecodeError::Invalid { offset, what } => {
-                DecodeError::Invalid { offset: offset + batch_offset, what }
-            }
-            other => other,
-        })?;
+        let batch = BatchView::decode(r.rest()).map_err(|e| e.shifted(batch_offset))?;
         Ok(Publish { kind, name, batch, batch_offset })
     }
 }

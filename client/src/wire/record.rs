@@ -222,7 +222,7 @@ impl<'a> BatchView<'a> {
         let view = BatchView { base_seq, count, bytes: buf };
         let mut at = BATCH_HEADER_LEN;
         for _ in 0..count {
-            let rec = RecordView::decode(&buf[at..]).map_err(|e| shift(e, at))?;
+            let rec = RecordView::decode(&buf[at..]).map_err(|e| e.shifted(at))?;
             at += rec.bytes.len();
         }
         if at != buf.len() {
@@ -242,16 +242,6 @@ impl<'a> BatchView<'a> {
     /// Records of an already validated batch, with each record's offset in the batch.
     pub fn records(&self) -> RecordIter<'a> {
         RecordIter { buf: self.bytes, at: BATCH_HEADER_LEN }
-    }
-}
-
-fn shift(e: DecodeError, by: usize) -> DecodeError {
-    match e {
-        DecodeError::Truncated { offset, needed, available } => {
-            DecodeError::Truncated { offset: offset + by, needed, available }
-        }
-        DecodeError::Invalid { offset, what } => DecodeError::Invalid { offset: offset + by, what },
-        other => other,
     }
 }
 
