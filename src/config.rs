@@ -24,6 +24,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Native protocol listener.
     pub listen: SocketAddr,
+    /// STOMP 1.0–1.2 gateway listener: an address, or "off".
+    pub stomp_listen: String,
+    /// The same, parsed (filled in by `validate`; `None` when off).
+    #[serde(skip)]
+    pub stomp_addr: Option<SocketAddr>,
     /// Shard threads; 0 = one per CPU this process may use.
     pub shards: usize,
     /// Pin each shard to its own CPU.
@@ -74,6 +79,8 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("rdmq-data"),
             listen: "127.0.0.1:7420".parse().expect("constant address"),
+            stomp_listen: "127.0.0.1:61613".to_string(),
+            stomp_addr: None,
             shards: 0,
             pin_threads: true,
             auto_create: true,
@@ -129,6 +136,8 @@ impl Config {
             return Err("queue_max_deliveries and queue_max_length must be positive".into());
         }
         self.default_durability = self.default_queue_durability.parse()?;
+        self.stomp_addr = parse_listen(&self.stomp_listen)
+            .map_err(|e| format!("stomp_listen = {:?}: {e}", self.stomp_listen))?;
         if self.segment_bytes < (1 << 20) {
             return Err("segment_bytes must be at least 1 MiB".into());
         }
@@ -143,6 +152,14 @@ impl Config {
             return Err("subscriber_buffer_max and connections_per_shard must be positive".into());
         }
         Ok(())
+    }
+}
+
+/// A gateway listener setting: `off` (or an empty string) disables it, else an address.
+pub fn parse_listen(v: &str) -> Result<Option<SocketAddr>, String> {
+    match v.trim() {
+        "off" | "" => Ok(None),
+        a => a.parse().map(Some).map_err(|_| "expected HOST:PORT or \"off\"".to_string()),
     }
 }
 
@@ -167,5 +184,11 @@ mod tests {
         let mut c = Config::default();
         c.validate().unwrap();
         assert!(c.shards >= 1);
+        assert_eq!(c.stomp_addr, Some("127.0.0.1:61613".parse().unwrap()));
+        let mut c = Config { stomp_listen: "off".into(), ..Config::default() };
+        c.validate().unwrap();
+        assert_eq!(c.stomp_addr, None);
+        let mut c = Config { stomp_listen: "localhost".into(), ..Config::default() };
+        assert!(c.validate().unwrap_err().contains("stomp_listen"));
     }
 }

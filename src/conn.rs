@@ -10,6 +10,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 
 use crate::broker::MsgRef;
+use crate::gateway::stomp::session::Session;
 use rdmq_client::wire::deliver::DeliverWriter;
 
 /// Topic messages moved from a subscription's buffer into the output at a time (between
@@ -46,6 +47,8 @@ pub fn write_deliver_frames<'a>(
 #[derive(Default)]
 pub struct SubState {
     pub pending: VecDeque<MsgRef>,
+    /// For gateway connections only: the topic of each pending message, in step with `pending`.
+    pub topics: VecDeque<Arc<str>>,
     pub dropped: u64,
 }
 
@@ -72,6 +75,10 @@ pub struct Conn {
     pub subs: FxHashMap<u32, SubState>,
     /// CONSUME requests awaiting the queue owner's answer: request id → consumer id.
     pub pending_consume: FxHashMap<u64, u32>,
+    /// A STOMP gateway connection's session (`None`: the native protocol).
+    pub stomp: Option<Box<Session>>,
+    /// Input is not being parsed until outstanding requests drain (a gateway's send window).
+    pub paused: bool,
 }
 
 impl Conn {
@@ -93,6 +100,8 @@ impl Conn {
             consumers: FxHashMap::default(),
             subs: FxHashMap::default(),
             pending_consume: FxHashMap::default(),
+            stomp: None,
+            paused: false,
         }
     }
 
@@ -106,6 +115,9 @@ impl Conn {
     pub fn pump(&mut self, high_water: usize) -> usize {
         if self.closing {
             return 0;
+        }
+        if let Some(session) = self.stomp.as_mut() {
+            return session.pump(&mut self.subs, &mut self.out, high_water);
         }
         let mut written = 0;
         for (&id, sub) in self.subs.iter_mut() {

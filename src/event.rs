@@ -62,7 +62,9 @@ pub enum Event {
         queue: Arc<str>,
         key: SubKey,
     },
+    /// `reply`, when set, hears OK once the settlement is applied (a STOMP receipt waits on it).
     Settle {
+        reply: Option<ReplyTo>,
         queue: Arc<str>,
         key: SubKey,
         op: Settle,
@@ -114,6 +116,8 @@ pub enum Event {
     },
     TopicDeliver {
         key: SubKey,
+        /// The topic published to (a gateway names it in each message; the native DELIVER does not).
+        topic: Arc<str>,
         batch: Arc<[u8]>,
         spans: Arc<[(u32, u32)]>,
     },

@@ -37,6 +37,10 @@ impl Shard {
             return;
         }
         conn.inbuf.extend_from_slice(data);
+        if let Some(session) = conn.stomp.as_mut() {
+            session.last_in_ms = self.now_ms;
+            return self.stomp_parse(slot);
+        }
         let inbuf = std::mem::take(&mut conn.inbuf);
         let body_max = self.cfg.frame_body_max;
         let mut pos = 0;
@@ -192,7 +196,7 @@ impl Shard {
     }
 
     /// Fills in server defaults; answers an error and returns `None` if the options are invalid.
-    fn queue_options(
+    pub fn queue_options(
         &mut self,
         reply: ReplyTo,
         d: &rdmq_client::wire::declare::DeclareQueue<'_>,
@@ -239,35 +243,53 @@ impl Shard {
                 );
             }
             DestKind::Topic => {
-                if let Err(e) = pattern::validate_topic(p.name) {
-                    return self.reply(reply, err(code::INVALID_ARGUMENT, e.0));
-                }
-                if !self.cfg.auto_create && !self.topics.contains_key(p.name) {
-                    let msg = format!("no topic {:?} (auto_create is off)", p.name);
-                    return self.reply(reply, err(code::NOT_FOUND, msg));
-                }
-                self.route_to_bound_queues(p.name, body, &p);
-                let mut targets: Vec<SubKey> = Vec::new();
-                self.subscriptions.for_each_match(p.name, |k| targets.push(k));
-                if !targets.is_empty() {
-                    let batch: Arc<[u8]> = Arc::from(&body[p.batch_offset..]);
-                    let spans: Arc<[(u32, u32)]> = p
-                        .batch
-                        .records()
-                        .map(|(at, r)| (at as u32, r.bytes.len() as u32))
-                        .collect();
-                    for key in targets {
-                        let ev =
-                            Event::TopicDeliver { key, batch: batch.clone(), spans: spans.clone() };
-                        self.route(key.shard as usize, ev);
-                    }
-                }
-                let position = self.topic_seq;
-                self.topic_seq += p.batch.count as u64;
-                if confirm {
-                    self.reply(reply, ReplyKind::Confirm { position, count: p.batch.count });
-                }
+                let batch = &body[p.batch_offset..];
+                self.publish_topic(reply, confirm, p.name, batch, p.batch.count)
             }
+        }
+    }
+
+    /// Publishes a validated batch to topic `name`: copies into bound queues, fan-out to every
+    /// matching subscription, then the confirm (which does not wait for the bound queues).
+    pub fn publish_topic(
+        &mut self,
+        reply: ReplyTo,
+        confirm: bool,
+        name: &str,
+        batch: &[u8],
+        count: u32,
+    ) {
+        if let Err(e) = pattern::validate_topic(name) {
+            return self.reply(reply, err(code::INVALID_ARGUMENT, e.0));
+        }
+        if !self.cfg.auto_create && !self.topics.contains_key(name) {
+            let msg = format!("no topic {name:?} (auto_create is off)");
+            return self.reply(reply, err(code::NOT_FOUND, msg));
+        }
+        self.route_to_bound_queues(name, batch, count);
+        let mut targets: Vec<SubKey> = Vec::new();
+        self.subscriptions.for_each_match(name, |k| targets.push(k));
+        if !targets.is_empty() {
+            let topic: Arc<str> = name.into();
+            let shared: Arc<[u8]> = Arc::from(batch);
+            let spans: Arc<[(u32, u32)]> = BatchView::trusted(batch)
+                .records()
+                .map(|(at, r)| (at as u32, r.bytes.len() as u32))
+                .collect();
+            for key in targets {
+                let ev = Event::TopicDeliver {
+                    key,
+                    topic: topic.clone(),
+                    batch: shared.clone(),
+                    spans: spans.clone(),
+                };
+                self.route(key.shard as usize, ev);
+            }
+        }
+        let position = self.topic_seq;
+        self.topic_seq += count as u64;
+        if confirm {
+            self.reply(reply, ReplyKind::Confirm { position, count });
         }
     }
 
@@ -335,7 +357,8 @@ impl Shard {
         let key = SubKey { shard: self.id, slot, generation, id: acks.consumer };
         let owner = self.queue_owner(&queue);
         let multiple = flags & FLAG_MULTIPLE != 0;
-        let ev = Event::Settle { queue, key, op, multiple, tags: acks.tags().collect() };
+        let ev =
+            Event::Settle { reply: None, queue, key, op, multiple, tags: acks.tags().collect() };
         self.route(owner, ev);
     }
 
@@ -382,7 +405,7 @@ impl Shard {
 
     /// Appends a topic publish to every queue bound to a matching pattern (durable
     /// subscriptions). The topic's confirm does not wait for these appends.
-    fn route_to_bound_queues(&mut self, topic: &str, body: &[u8], p: &Publish<'_>) {
+    fn route_to_bound_queues(&mut self, topic: &str, batch: &[u8], count: u32) {
         let mut queues: Vec<Arc<str>> = self
             .bindings
             .iter()
@@ -394,16 +417,10 @@ impl Shard {
         }
         queues.sort_unstable();
         queues.dedup();
-        let batch: Arc<[u8]> = Arc::from(&body[p.batch_offset..]);
+        let batch: Arc<[u8]> = Arc::from(batch);
         for queue in queues {
             let owner = self.queue_owner(&queue);
-            let ev = Event::Publish {
-                reply: None,
-                confirm: false,
-                queue,
-                batch: batch.clone(),
-                count: p.batch.count,
-            };
+            let ev = Event::Publish { reply: None, confirm: false, queue, batch: batch.clone(), count };
             self.route(owner, ev);
         }
     }
@@ -428,6 +445,9 @@ impl Shard {
             // Dropped here; the queue requeues them when the cancel or close reaches it.
             return;
         }
+        if conn.stomp.is_some() {
+            return self.write_stomp_messages(key, msgs);
+        }
         let entries = msgs.iter().map(|m| {
             let flags = if m.redelivered { FLAG_REDELIVERED } else { 0 };
             (m.tag, m.delivery_count, flags, m.rec.bytes())
@@ -444,6 +464,9 @@ impl Shard {
         if conn.closing {
             // Nothing may follow a connection-level ERROR on the wire.
             return;
+        }
+        if conn.stomp.is_some() {
+            return self.on_stomp_reply(to, kind);
         }
         if let Some(id) = conn.pending_consume.remove(&to.request_id) {
             if matches!(kind, ReplyKind::Error { .. }) {
@@ -557,8 +580,12 @@ pub fn apply(s: &mut Shard, ev: Event) {
             s.mark_queue_dirty(&queue);
             s.reply(reply, ReplyKind::Ok);
         }
-        Event::Settle { queue, key, op, multiple, tags } => {
+        Event::Settle { reply, queue, key, op, multiple, tags } => {
             let mut dead = Vec::new();
+            if let Some(to) = reply {
+                // Acks are logged before this pass's replies go out (see `Shard::pass`).
+                s.reply(to, ReplyKind::Ok);
+            }
             let Some(q) = s.queues.get_mut(&queue) else {
                 return;
             };
@@ -639,7 +666,9 @@ pub fn apply(s: &mut Shard, ev: Event) {
         Event::BindRemove { queue, pattern } => {
             s.bindings.retain(|(p, q)| *q != queue || pattern.as_ref().is_some_and(|x| x != p));
         }
-        Event::TopicDeliver { key, batch, spans } => s.buffer_topic(key, &batch, &spans),
+        Event::TopicDeliver { key, topic, batch, spans } => {
+            s.buffer_topic(key, &topic, &batch, &spans)
+        }
         Event::Reply { to, kind } => s.write_reply(to, kind),
         Event::SubAdd { pattern, key } => s.subscriptions.add(&pattern, key),
         Event::SubRemove { key } => s.subscriptions.remove(key),
@@ -712,7 +741,7 @@ fn declare_queue(
     s.reply(reply, kind);
 }
 
-fn err(code: u16, message: String) -> ReplyKind {
+pub fn err(code: u16, message: String) -> ReplyKind {
     ReplyKind::Error { code, message }
 }
 
@@ -724,7 +753,10 @@ pub fn fatal(s: &mut Shard, slot: u32, code: u16, message: &str) {
     if conn.closing {
         return;
     }
-    ErrorFrame { code, message }.encode(&mut conn.out, 0);
+    match conn.stomp.as_ref() {
+        Some(session) => session.write_error(&mut conn.out, message, None),
+        None => ErrorFrame { code, message }.encode(&mut conn.out, 0),
+    }
     if code == code::PROTOCOL_ERROR || code == code::FRAME_TOO_LARGE {
         metrics::add(&s.metrics.protocol_errors, 1);
     }

@@ -43,6 +43,9 @@ struct ServeArgs {
     /// Native protocol listen address. Default: 127.0.0.1:7420 (port 0 picks a free port)
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
+    /// STOMP 1.0-1.2 gateway listen address, or "off". Default: 127.0.0.1:61613
+    #[arg(long, value_name = "ADDR|off")]
+    stomp_listen: Option<String>,
     /// Shard threads, one per core. Default: one per CPU this process may use
     #[arg(long)]
     shards: Option<usize>,
@@ -89,6 +92,9 @@ fn serve(a: ServeArgs) -> Result<(), String> {
     if let Some(l) = a.listen {
         cfg.listen = l;
     }
+    if let Some(l) = a.stomp_listen {
+        cfg.stomp_listen = l;
+    }
     if let Some(s) = a.shards {
         cfg.shards = s;
     }
@@ -115,6 +121,10 @@ fn serve(a: ServeArgs) -> Result<(), String> {
     );
     // Scripts and tests read this line to learn the port when they asked for port 0.
     println!("listening tcp://{}", server.addr);
+    if let Some(addr) = server.stomp_addr {
+        eprintln!("rdmq: serving STOMP 1.0-1.2 on {addr}");
+        println!("listening stomp://{addr}");
+    }
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let metrics = server.metrics.clone();

@@ -4,7 +4,7 @@
 //! Runs on the main thread; after start-up it only waits for the shards to finish.
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -18,6 +18,8 @@ use crate::sys;
 /// A started server: its bound address and its shard threads.
 pub struct Server {
     pub addr: SocketAddr,
+    /// The STOMP gateway's bound address, when it is on.
+    pub stomp_addr: Option<SocketAddr>,
     /// Held for the server's life: the data directory's exclusive lock.
     _lock: std::fs::File,
     pub metrics: Arc<Metrics>,
@@ -35,14 +37,16 @@ impl Server {
         })?;
         // SO_REUSEPORT would let a second server join this address and split its clients with
         // the first; refuse if something already answers there.
-        if cfg.listen.port() != 0
-            && std::net::TcpStream::connect_timeout(
-                &cfg.listen,
-                std::time::Duration::from_millis(200),
-            )
-            .is_ok()
-        {
-            return Err(format!("cannot listen on {}: address already in use", cfg.listen));
+        for addr in std::iter::once(cfg.listen).chain(cfg.stomp_addr) {
+            if addr.port() != 0
+                && std::net::TcpStream::connect_timeout(
+                    &addr,
+                    std::time::Duration::from_millis(200),
+                )
+                .is_ok()
+            {
+                return Err(format!("cannot listen on {addr}: address already in use"));
+            }
         }
         let n = cfg.shards;
         // Probe the kernel once, before anything listens: a ring with the flags and buffer ring
@@ -50,17 +54,14 @@ impl Server {
         crate::uring::Uring::new(8, 2, 4096).map_err(|e| {
             format!("io_uring is unavailable or too old here (rdmq needs Linux 6.0+): {e}")
         })?;
-        // Bind the first listener, then the rest on the port it got (the config may say 0).
-        let first = sys::reuseport_listener(cfg.listen)
-            .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
-        let addr = sys::local_addr(first.as_raw_fd()).map_err(|e| e.to_string())?;
-        let mut listeners = vec![first];
-        for _ in 1..n {
-            listeners.push(
-                sys::reuseport_listener(addr)
-                    .map_err(|e| format!("cannot listen on {addr}: {e}"))?,
-            );
-        }
+        let (listeners, addr) = bind_per_shard(cfg.listen, n)?;
+        let (mut stomp_listeners, stomp_addr) = match cfg.stomp_addr {
+            Some(a) => {
+                let (l, addr) = bind_per_shard(a, n)?;
+                (l.into_iter().map(Some).collect(), Some(addr))
+            }
+            None => ((0..n).map(|_| None).collect::<Vec<_>>(), None),
+        };
         let ctls: Vec<ShardCtl> = (0..n)
             .map(|_| {
                 let eventfd = sys::eventfd().map_err(|e| format!("eventfd: {e}"))?;
@@ -93,6 +94,7 @@ impl Server {
                 cfg: cfg.clone(),
                 metrics: metrics.clone(),
                 listener,
+                stomp_listener: stomp_listeners.pop().expect("one per shard"),
                 ctls: ctls.clone(),
                 inbox: receivers.pop().expect("one inbox per shard"),
                 outbox,
@@ -126,7 +128,7 @@ impl Server {
                 break;
             }
         }
-        Ok(Server { addr, _lock: lock, metrics, threads })
+        Ok(Server { addr, stomp_addr, _lock: lock, metrics, threads })
     }
 
     /// Waits for every shard to stop (after SIGINT/SIGTERM). Returns the first shard error.
@@ -149,4 +151,19 @@ impl Server {
         }
         first
     }
+}
+
+/// One `SO_REUSEPORT` listener per shard on `addr`: the first is bound, the rest join the port
+/// it got (the config may say port 0). Returns them and the bound address.
+fn bind_per_shard(addr: SocketAddr, n: usize) -> Result<(Vec<OwnedFd>, SocketAddr), String> {
+    let first =
+        sys::reuseport_listener(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let bound = sys::local_addr(first.as_raw_fd()).map_err(|e| e.to_string())?;
+    let mut listeners = vec![first];
+    for _ in 1..n {
+        listeners.push(
+            sys::reuseport_listener(bound).map_err(|e| format!("cannot listen on {bound}: {e}"))?,
+        );
+    }
+    Ok((listeners, bound))
 }

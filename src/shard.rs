@@ -67,6 +67,10 @@ pub mod op {
     pub const JOURNAL_SYNC: u8 = 8;
 }
 
+/// Listener indexes, carried in an accept's slot field.
+const LISTENER_NATIVE: u32 = 0;
+const LISTENER_STOMP: u32 = 1;
+
 /// `[op: 8][generation: 24][slot: 32]`.
 pub fn user_data(op: u8, generation: u32, slot: u32) -> u64 {
     ((op as u64) << 56) | (((generation & 0xFF_FFFF) as u64) << 32) | slot as u64
@@ -89,6 +93,8 @@ pub struct Shard {
     pub metrics: Arc<Metrics>,
     pub ring: Uring,
     listener: OwnedFd,
+    /// The STOMP gateway's listener, when it is on.
+    stomp_listener: Option<OwnedFd>,
     ctls: Arc<Vec<ShardCtl>>,
     inbox: Vec<Receiver<Vec<Event>>>,
     outbox: Vec<Option<Sender<Vec<Event>>>>,
@@ -128,6 +134,7 @@ pub struct ShardInit {
     pub cfg: Arc<Config>,
     pub metrics: Arc<Metrics>,
     pub listener: OwnedFd,
+    pub stomp_listener: Option<OwnedFd>,
     pub ctls: Arc<Vec<ShardCtl>>,
     pub inbox: Vec<Receiver<Vec<Event>>>,
     pub outbox: Vec<Option<Sender<Vec<Event>>>>,
@@ -147,6 +154,7 @@ impl Shard {
             metrics: init.metrics,
             ring,
             listener: init.listener,
+            stomp_listener: init.stomp_listener,
             ctls: init.ctls,
             inbox: init.inbox,
             outbox: init.outbox,
@@ -182,7 +190,10 @@ impl Shard {
         if let Some(ready) = self.ready.take() {
             let _ = ready.send(self.id);
         }
-        self.ring.accept_multi(self.listener.as_raw_fd(), user_data(op::ACCEPT, 0, 0));
+        self.arm_accept(LISTENER_NATIVE);
+        if self.stomp_listener.is_some() {
+            self.arm_accept(LISTENER_STOMP);
+        }
         self.arm_wake();
         self.ring.submit()?;
         let spin = Duration::from_micros(self.cfg.idle_spin_us);
@@ -284,9 +295,15 @@ impl Shard {
             })
             .collect();
         for slot in silent {
-            let msg = "no HELLO within 10 s of connecting (is this an rdmq client?)";
+            let stomp = self.conns[slot as usize].as_ref().is_some_and(|c| c.stomp.is_some());
+            let msg = if stomp {
+                "no CONNECT frame within 10 s of connecting"
+            } else {
+                "no HELLO within 10 s of connecting (is this an rdmq client?)"
+            };
             crate::handlers::fatal(self, slot, rdmq_client::error_code::PROTOCOL_ERROR, msg);
         }
+        self.stomp_heart_beats();
         for conn in self.conns.iter_mut().flatten() {
             if conn.closing && conn.send_inflight && now >= conn.closing_since_ms + CLOSE_LINGER_MS
             {
@@ -434,7 +451,7 @@ impl Shard {
     fn on_completion(&mut self, c: Completion) {
         let (kind, generation, slot) = split_user_data(c.user_data);
         match kind {
-            op::ACCEPT => self.on_accept(c),
+            op::ACCEPT => self.on_accept(slot, c),
             op::RECV => self.on_recv(slot, generation, c),
             op::SEND => self.on_send(slot, generation, c),
             op::WAKE => self.arm_wake(),
@@ -445,9 +462,18 @@ impl Shard {
         }
     }
 
-    fn on_accept(&mut self, c: Completion) {
+    /// Arms a multishot accept on a listener; its index travels in the slot field.
+    fn arm_accept(&mut self, which: u32) {
+        let fd = match which {
+            LISTENER_STOMP => self.stomp_listener.as_ref().expect("stomp listener").as_raw_fd(),
+            _ => self.listener.as_raw_fd(),
+        };
+        self.ring.accept_multi(fd, user_data(op::ACCEPT, 0, which));
+    }
+
+    fn on_accept(&mut self, which: u32, c: Completion) {
         if !c.more() {
-            self.ring.accept_multi(self.listener.as_raw_fd(), user_data(op::ACCEPT, 0, 0));
+            self.arm_accept(which);
         }
         if c.result < 0 {
             eprintln!("rdmq: shard {}: accept failed: {}", self.id, errno(c.result));
@@ -464,6 +490,9 @@ impl Shard {
         self.generations[slot as usize] = generation;
         let mut conn = Conn::new(fd, generation);
         conn.accepted_ms = self.now_ms;
+        if which == LISTENER_STOMP {
+            conn.stomp = Some(Box::new(crate::gateway::stomp::session::Session::new(self.now_ms)));
+        }
         self.conns[slot as usize] = Some(conn);
         self.ring.recv_multi(fd, user_data(op::RECV, generation, slot));
         metrics::add(&self.metrics.connections_accepted, 1);
@@ -498,12 +527,31 @@ impl Shard {
             self.close_conn(slot); // receive failed
         }
         let conn = self.conn(slot, generation).expect("closing keeps the slot");
-        if !conn.recv_armed && !conn.closing {
+        if !conn.recv_armed && !conn.closing && !conn.paused {
             conn.recv_armed = true;
             let fd = conn.fd;
             self.ring.recv_multi(fd, user_data(op::RECV, generation, slot));
         }
         self.maybe_release(slot);
+    }
+
+    /// Stops receiving for a paused connection (its unparsed input is already large).
+    pub fn stop_recv(&mut self, slot: u32) {
+        let Some(conn) = self.conns[slot as usize].as_mut() else { return };
+        if conn.recv_armed && !conn.closing {
+            let target = user_data(op::RECV, conn.generation, slot);
+            self.ring.cancel(target, user_data(op::CANCEL, conn.generation, slot));
+        }
+    }
+
+    /// Receives again for a connection whose receive was stopped.
+    pub fn resume_recv(&mut self, slot: u32) {
+        let Some(conn) = self.conns[slot as usize].as_mut() else { return };
+        if !conn.recv_armed && !conn.closing && !conn.paused {
+            conn.recv_armed = true;
+            let (fd, generation) = (conn.fd, conn.generation);
+            self.ring.recv_multi(fd, user_data(op::RECV, generation, slot));
+        }
     }
 
     fn on_send(&mut self, slot: u32, generation: u32, c: Completion) {
@@ -551,6 +599,9 @@ impl Shard {
                 conn.send_offset = 0;
             }
             conn.send_inflight = true;
+            if let Some(session) = conn.stomp.as_mut() {
+                session.last_out_ms = self.now_ms;
+            }
             let (fd, generation) = (conn.fd, conn.generation);
             let buf = &conn.sending[conn.send_offset..];
             // SAFETY: `sending` is leased to this send: it is neither touched nor dropped until
@@ -625,7 +676,13 @@ impl Shard {
     }
 
     /// Queues topic messages for one subscription, applying the slow-subscriber policy.
-    pub fn buffer_topic(&mut self, key: SubKey, batch: &Arc<[u8]>, spans: &[(u32, u32)]) {
+    pub fn buffer_topic(
+        &mut self,
+        key: SubKey,
+        topic: &Arc<str>,
+        batch: &Arc<[u8]>,
+        spans: &[(u32, u32)],
+    ) {
         let max = self.cfg.subscriber_buffer_max;
         let policy = self.cfg.slow_subscriber_policy;
         // A closing connection takes no more messages: deliveries still in flight from other
@@ -634,17 +691,22 @@ impl Shard {
         let Some(conn) = self.conn(key.slot, key.generation).filter(|c| !c.closing) else {
             return;
         };
+        let gateway = conn.stomp.is_some();
         let Some(sub) = conn.subs.get_mut(&key.id) else {
             return;
         };
         for &(offset, len) in spans {
             sub.pending.push_back(MsgRef { batch: batch.clone(), offset, len });
+            if gateway {
+                sub.topics.push_back(topic.clone());
+            }
         }
         let excess = sub.pending.len().saturating_sub(max);
         if excess > 0 {
             match policy {
                 crate::config::SlowSubscriberPolicy::DropOldest => {
                     sub.pending.drain(..excess);
+                    sub.topics.drain(..excess.min(sub.topics.len()));
                     sub.dropped += excess as u64;
                     metrics::add(&self.metrics.topic_dropped, excess as u64);
                 }

@@ -21,6 +21,8 @@ pub mod error;
 pub mod message;
 pub mod receipt;
 pub mod send;
+pub mod serve;
+pub mod session;
 pub mod subscribe;
 pub mod transaction;
 
@@ -208,7 +210,7 @@ impl Frame {
     }
 }
 
-fn put_escaped(out: &mut Vec<u8>, s: &str, escape: bool) {
+pub(crate) fn put_escaped(out: &mut Vec<u8>, s: &str, escape: bool) {
     if !escape {
         out.extend_from_slice(s.as_bytes());
         return;
