@@ -420,7 +420,8 @@ impl Shard {
         let batch: Arc<[u8]> = Arc::from(batch);
         for queue in queues {
             let owner = self.queue_owner(&queue);
-            let ev = Event::Publish { reply: None, confirm: false, queue, batch: batch.clone(), count };
+            let ev =
+                Event::Publish { reply: None, confirm: false, queue, batch: batch.clone(), count };
             self.route(owner, ev);
         }
     }

@@ -32,6 +32,8 @@ pub struct Server {
     child: Option<Child>,
     _stdout: ChildStdout,
     pub addr: SocketAddr,
+    /// The STOMP gateway's address (every test server runs one on a free port).
+    pub stomp: SocketAddr,
     pub url: String,
     pub shards: usize,
     pub dir: PathBuf,
@@ -92,7 +94,8 @@ impl Server {
         let data = dir.join("data");
         let log = dir.join("server.log");
         let mut cmd = Command::new(rdmq_bin());
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--shards", &shards.to_string()])
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--stomp-listen", "127.0.0.1:0"])
+            .args(["--shards", &shards.to_string()])
             .arg("--data-dir")
             .arg(&data);
         if !config.is_empty() {
@@ -117,8 +120,9 @@ impl Server {
         // The reader hands the pipe back with the line, so the server never writes to a closed pipe.
         std::thread::spawn(move || {
             let mut r = BufReader::new(stdout);
+            // Two lines: the native listener, then the STOMP gateway's.
             let mut line = String::new();
-            let res = r.read_line(&mut line).map(|_| line);
+            let res = r.read_line(&mut line).and_then(|_| r.read_line(&mut line)).map(|_| line);
             let _ = tx.send((res, r.into_inner()));
         });
         let (line, stdout) = match rx.recv_timeout(START_TIMEOUT) {
@@ -130,17 +134,23 @@ impl Server {
                 panic!("server did not start ({:?}); log:\n{log}", other.map(|(r, _)| r));
             }
         };
-        let Some(addr) = line.trim().strip_prefix("listening tcp://") else {
+        let mut lines = line.lines();
+        let (Some(addr), Some(stomp)) = (
+            lines.next().and_then(|l| l.strip_prefix("listening tcp://")),
+            lines.next().and_then(|l| l.strip_prefix("listening stomp://")),
+        ) else {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("unexpected first line from server: {line:?}");
+            panic!("unexpected first lines from server: {line:?}");
         };
         let addr: SocketAddr = addr.parse().expect("listening address");
+        let stomp: SocketAddr = stomp.parse().expect("STOMP listening address");
         Server {
             child: Some(child),
             _stdout: stdout,
             url: format!("tcp://{addr}"),
             addr,
+            stomp,
             shards,
             dir,
             log,

@@ -112,7 +112,8 @@ impl Shard {
         match (connected, frame.command) {
             (false, Command::Connect | Command::Stomp) => return self.stomp_connect(slot, &frame),
             (false, other) => {
-                let msg = format!("expected CONNECT or STOMP as the first frame, got {}", other.as_str());
+                let msg =
+                    format!("expected CONNECT or STOMP as the first frame, got {}", other.as_str());
                 return Err(Fault::new(msg, &frame));
             }
             (true, Command::Connect | Command::Stomp) => {
@@ -123,7 +124,8 @@ impl Shard {
         let receipt = frame.get("receipt").map(str::to_string);
         match frame.command {
             Command::Send => {
-                let send = Send::from_frame(frame.clone()).map_err(|e| Fault::new(e.to_string(), &frame))?;
+                let send = Send::from_frame(frame.clone())
+                    .map_err(|e| Fault::new(e.to_string(), &frame))?;
                 match send.transaction.clone() {
                     Some(tx) => self.stomp_tx_push(slot, &tx, TxOp::Send(send), &frame)?,
                     None => self.stomp_send(slot, send, &frame)?,
@@ -139,7 +141,8 @@ impl Shard {
                 }
             }
             Command::Begin | Command::Commit | Command::Abort => {
-                let t = Transaction::from_frame(&frame).map_err(|e| Fault::new(e.to_string(), &frame))?;
+                let t = Transaction::from_frame(&frame)
+                    .map_err(|e| Fault::new(e.to_string(), &frame))?;
                 self.stomp_transaction(slot, t, &frame)?;
             }
             Command::Disconnect => {
@@ -244,15 +247,16 @@ impl Shard {
         if self.session(slot).ids.contains_key(&s.id) {
             return Err(Fault::new(format!("subscription id {:?} is already in use", s.id), frame));
         }
-        let credit = match frame.get("prefetch-count").or_else(|| frame.get("activemq.prefetchSize")) {
-            None => DEFAULT_PREFETCH,
-            Some(v) => match v.parse::<u32>() {
-                // RabbitMQ: 0 = unlimited; credit here is bounded by the queue's length anyway.
-                Ok(0) => u32::MAX,
-                Ok(n) => n,
-                Err(_) => return Err(Fault::new(format!("bad prefetch-count {v:?}"), frame)),
-            },
-        };
+        let credit =
+            match frame.get("prefetch-count").or_else(|| frame.get("activemq.prefetchSize")) {
+                None => DEFAULT_PREFETCH,
+                Some(v) => match v.parse::<u32>() {
+                    // RabbitMQ: 0 = unlimited; credit here is bounded by the queue's length anyway.
+                    Ok(0) => u32::MAX,
+                    Ok(n) => n,
+                    Err(_) => return Err(Fault::new(format!("bad prefetch-count {v:?}"), frame)),
+                },
+            };
         let durable_name = durable_name(frame, &s.id);
         let destination = frame.get("destination").unwrap_or_default().to_string();
         let (id, generation) = {
@@ -265,7 +269,11 @@ impl Shard {
         let backing = match (&s.destination, durable_name) {
             (Destination::Queue(name), _) => {
                 let queue: Arc<str> = name.as_str().into();
-                self.conns[slot as usize].as_mut().expect("live").consumers.insert(id, queue.clone());
+                self.conns[slot as usize]
+                    .as_mut()
+                    .expect("live")
+                    .consumers
+                    .insert(id, queue.clone());
                 let request = self.session(slot).request(Pending::Done);
                 let reply = self.stomp_reply_to(slot, request);
                 let owner = self.queue_owner(&queue);
@@ -281,7 +289,10 @@ impl Shard {
                         let request = self.session(slot).request(Pending::Done);
                         let reply = self.stomp_reply_to(slot, request);
                         let pattern: Arc<str> = pat.as_str().into();
-                        self.broadcast_then_ok(reply, || Event::SubAdd { pattern: pattern.clone(), key });
+                        self.broadcast_then_ok(reply, || Event::SubAdd {
+                            pattern: pattern.clone(),
+                            key,
+                        });
                         Backing::Topic
                     }
                     Some(name) => {
@@ -291,7 +302,12 @@ impl Shard {
                         let request = self.session(slot).request(then);
                         let reply = self.stomp_reply_to(slot, request);
                         let owner = self.queue_owner(&queue);
-                        let ev = Event::Bind { reply, queue: queue.clone(), pattern: pat.as_str().into(), add: true };
+                        let ev = Event::Bind {
+                            reply,
+                            queue: queue.clone(),
+                            pattern: pat.as_str().into(),
+                            add: true,
+                        };
                         self.route(owner, ev);
                         Backing::Durable(queue)
                     }
@@ -474,7 +490,14 @@ impl Shard {
         let mut tags = Vec::new();
         for m in &msgs {
             let message_id = format!("{}-{}", key.id, m.tag);
-            session.write_message(&mut conn.out, sub, &message_id, &destination, m.redelivered, m.rec.bytes());
+            session.write_message(
+                &mut conn.out,
+                sub,
+                &message_id,
+                &destination,
+                m.redelivered,
+                m.rec.bytes(),
+            );
             if sub.ack == AckMode::Auto {
                 tags.push(m.tag);
             }
@@ -484,7 +507,8 @@ impl Shard {
         self.dirty_conns.push(key.slot);
         if let (false, Some(queue)) = (tags.is_empty(), queue) {
             let owner = self.queue_owner(&queue);
-            let ev = Event::Settle { reply: None, queue, key, op: Settle::Ack, multiple: false, tags };
+            let ev =
+                Event::Settle { reply: None, queue, key, op: Settle::Ack, multiple: false, tags };
             self.route(owner, ev);
         }
     }
@@ -511,7 +535,8 @@ impl Shard {
         }
         self.dirty_conns.extend(beat);
         for (slot, interval) in silent {
-            let msg = format!("no heart-beat or frame from the client for over {} ms", 2 * interval);
+            let msg =
+                format!("no heart-beat or frame from the client for over {} ms", 2 * interval);
             self.stomp_fail(slot, &msg, None);
         }
     }

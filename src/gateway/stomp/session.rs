@@ -249,7 +249,8 @@ impl Session {
         for (id, state) in subs.iter_mut() {
             let Some(sub) = self.subs.get(id) else { continue };
             while out.len() < high_water {
-                let (Some(msg), Some(topic)) = (state.pending.pop_front(), state.topics.pop_front())
+                let (Some(msg), Some(topic)) =
+                    (state.pending.pop_front(), state.topics.pop_front())
                 else {
                     break;
                 };
@@ -338,7 +339,14 @@ mod tests {
         let batch = record(&headers, b"a\0b");
         let mut out = Vec::new();
         let m = msg(&batch);
-        s.write_message(&mut out, &sub(AckMode::ClientIndividual), "7-3", "/queue/q", true, m.bytes());
+        s.write_message(
+            &mut out,
+            &sub(AckMode::ClientIndividual),
+            "7-3",
+            "/queue/q",
+            true,
+            m.bytes(),
+        );
         let (f, used) = decode(&out, &Limits::default()).unwrap().unwrap();
         let f = f.unwrap();
         assert_eq!(used, out.len());
