@@ -186,7 +186,8 @@ fn check_one(input: &[u8], limits: &Limits) -> Result<(), String> {
 #[test]
 fn decoder_survives_random_and_mutated_frames() {
     let corpus = corpus();
-    let limits = Limits { headers_max: 16, header_bytes_max: 512, body_bytes_max: 256 };
+    let limits =
+        Limits { headers_max: 16, header_bytes_max: 512, body_bytes_max: 256, unescape: true };
     for seed in seeds() {
         let mut rng = Rng::new(seed);
         for i in 0..iters() {

@@ -37,11 +37,18 @@ pub struct Limits {
     pub header_bytes_max: usize,
     /// Bytes of body, the same bound as a native PUBLISH frame.
     pub body_bytes_max: usize,
+    /// Undo 1.1/1.2 header escapes (STOMP 1.0 has none: a backslash is just a backslash).
+    pub unescape: bool,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { headers_max: 64, header_bytes_max: 16 << 10, body_bytes_max: 16 << 20 }
+        Limits {
+            headers_max: 64,
+            header_bytes_max: 16 << 10,
+            body_bytes_max: 16 << 20,
+            unescape: true,
+        }
     }
 }
 
@@ -293,7 +300,7 @@ pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Option<Frame>, usiz
         }
         let l = std::str::from_utf8(l).map_err(|_| StompError::NotUtf8)?;
         let (k, v) = l.split_once(':').ok_or_else(|| StompError::BadHeader(l.to_string()))?;
-        let esc = command.escapes();
+        let esc = command.escapes() && limits.unescape;
         headers.push((unescape(k, esc)?, unescape(v, esc)?));
     }
     let content_length = match headers.iter().find(|(k, _)| k == "content-length") {
@@ -405,8 +412,18 @@ mod tests {
     }
 
     #[test]
+    fn stomp_1_0_headers_are_not_unescaped() {
+        let raw = b"SEND\npath:C:\\dir\\t\n\n\0";
+        assert!(one(raw).is_err(), "1.1/1.2: \\t is a bad escape");
+        let limits = Limits { unescape: false, ..Limits::default() };
+        let f = decode(raw, &limits).unwrap().unwrap().0.unwrap();
+        assert_eq!(f.get("path"), Some("C:\\dir\\t"));
+    }
+
+    #[test]
     fn limits_are_enforced_before_data_is_kept() {
-        let limits = Limits { headers_max: 2, header_bytes_max: 64, body_bytes_max: 8 };
+        let limits =
+            Limits { headers_max: 2, header_bytes_max: 64, body_bytes_max: 8, unescape: true };
         let many = b"SEND\na:1\nb:2\nc:3\n\n\0";
         assert_eq!(decode(many, &limits), Err(StompError::TooManyHeaders(2)));
         let long = [b"SEND\nk:".as_slice(), &[b'v'; 100]].concat();

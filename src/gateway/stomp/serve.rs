@@ -49,8 +49,10 @@ impl Shard {
     /// Parses and handles every whole frame in a STOMP connection's input, unless the session
     /// has too many unanswered requests (then it waits for their answers).
     pub fn stomp_parse(&mut self, slot: u32) {
-        let limits = Limits { body_bytes_max: self.cfg.frame_body_max, ..Limits::default() };
         let Some(conn) = self.conns[slot as usize].as_mut() else { return };
+        let unescape = conn.stomp.as_ref().expect("a STOMP connection").escapes();
+        let limits =
+            Limits { body_bytes_max: self.cfg.frame_body_max, unescape, ..Limits::default() };
         let mut inbuf = std::mem::take(&mut conn.inbuf);
         let mut pos = 0;
         loop {
