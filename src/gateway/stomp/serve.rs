@@ -126,11 +126,14 @@ impl Shard {
         let receipt = frame.get("receipt").map(str::to_string);
         match frame.command {
             Command::Send => {
-                let send = Send::from_frame(frame.clone())
-                    .map_err(|e| Fault::new(e.to_string(), &frame))?;
+                let fault = |e: super::StompError| Fault {
+                    message: e.to_string(),
+                    receipt: receipt.clone(),
+                };
+                let send = Send::from_frame(frame).map_err(fault)?;
                 match send.transaction.clone() {
-                    Some(tx) => self.stomp_tx_push(slot, &tx, TxOp::Send(send), &frame)?,
-                    None => self.stomp_send(slot, send, &frame)?,
+                    Some(tx) => self.stomp_tx_push(slot, &tx, TxOp::Send(send), receipt.clone())?,
+                    None => self.stomp_send(slot, send)?,
                 }
             }
             Command::Subscribe => self.stomp_subscribe(slot, &frame)?,
@@ -138,7 +141,7 @@ impl Shard {
             Command::Ack | Command::Nack => {
                 let ack = Ack::from_frame(&frame).map_err(|e| Fault::new(e.to_string(), &frame))?;
                 match ack.transaction.clone() {
-                    Some(tx) => self.stomp_tx_push(slot, &tx, TxOp::Ack(ack), &frame)?,
+                    Some(tx) => self.stomp_tx_push(slot, &tx, TxOp::Ack(ack), receipt.clone())?,
                     None => self.stomp_ack(slot, &ack, &frame)?,
                 }
             }
@@ -194,7 +197,8 @@ impl Shard {
         Ok(())
     }
 
-    fn stomp_send(&mut self, slot: u32, send: Send, frame: &Frame) -> Result<(), Fault> {
+    fn stomp_send(&mut self, slot: u32, send: Send) -> Result<(), Fault> {
+        let fault = |message: String| Fault { message, receipt: send.receipt.clone() };
         let mut batch = Vec::with_capacity(send.body.len() + 128);
         let mut b = BatchBuilder::begin(&mut batch);
         let mut headers = send.headers;
@@ -207,11 +211,11 @@ impl Shard {
         let ttl_ms = match headers.iter().find(|(k, _)| k == "expiration") {
             Some((_, v)) => v
                 .parse::<u32>()
-                .map_err(|_| Fault::new(format!("bad expiration {v:?}: milliseconds"), frame))?,
+                .map_err(|_| fault(format!("bad expiration {v:?}: milliseconds")))?,
             None => 0,
         };
         if reply_to.len() > u16::MAX as usize || correlation.len() > u16::MAX as usize {
-            return Err(Fault::new("reply-to or correlation-id longer than 65535 bytes", frame));
+            return Err(fault("reply-to or correlation-id longer than 65535 bytes".into()));
         }
         let meta = RecordMeta {
             timestamp_us: crate::broker::wall_clock_ms() * 1000,
@@ -385,16 +389,22 @@ impl Shard {
         Ok(())
     }
 
-    fn stomp_tx_push(&mut self, slot: u32, tx: &str, op: TxOp, frame: &Frame) -> Result<(), Fault> {
+    fn stomp_tx_push(
+        &mut self,
+        slot: u32,
+        tx: &str,
+        op: TxOp,
+        receipt: Option<String>,
+    ) -> Result<(), Fault> {
+        let fault = |message: String| Fault { message, receipt: receipt.clone() };
         let session = self.session(slot);
         let Some(ops) = session.transactions.get_mut(tx) else {
-            return Err(Fault::new(format!("no transaction {tx:?} (send BEGIN first)"), frame));
+            return Err(fault(format!("no transaction {tx:?} (send BEGIN first)")));
         };
         if ops.len() >= TRANSACTION_OPS_MAX {
-            return Err(Fault::new(
-                format!("transaction {tx:?} holds more than {TRANSACTION_OPS_MAX} frames"),
-                frame,
-            ));
+            return Err(fault(format!(
+                "transaction {tx:?} holds more than {TRANSACTION_OPS_MAX} frames"
+            )));
         }
         ops.push(op);
         Ok(())
@@ -420,7 +430,7 @@ impl Shard {
                 };
                 for op in ops {
                     match op {
-                        TxOp::Send(s) => self.stomp_send(slot, s, frame)?,
+                        TxOp::Send(s) => self.stomp_send(slot, s)?,
                         TxOp::Ack(a) => self.stomp_ack(slot, &a, frame)?,
                     }
                 }
