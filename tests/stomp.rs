@@ -192,6 +192,7 @@ fn each_version_connects_and_round_trips_binary_bodies() {
     c.send(&Frame::new(Command::Connect).header("accept-version", "2.0"));
     let e = c.expect_error_and_close();
     assert!(e.get("message").unwrap().contains("version"), "{e:?}");
+    assert_eq!(e.get("version"), Some("1.0,1.1,1.2"), "the versions the server speaks");
 }
 
 #[test]

@@ -4,4 +4,5 @@
 //! STOMP 1.0–1.2 is served (`stomp/serve.rs`, on the `stomp_listen` address); MQTT and AMQP
 //! are not built yet.
 
+pub mod mqtt;
 pub mod stomp;

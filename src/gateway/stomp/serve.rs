@@ -175,7 +175,20 @@ impl Shard {
     }
 
     fn stomp_connect(&mut self, slot: u32, frame: &Frame) -> Result<(), Fault> {
-        let c = Connect::from_frame(frame).map_err(|e| Fault::new(e.to_string(), frame))?;
+        let c = match Connect::from_frame(frame) {
+            Ok(c) => c,
+            Err(e) => {
+                // STOMP 1.2 "Protocol Negotiation": the ERROR lists the versions spoken here.
+                let conn = self.conns[slot as usize].as_mut().expect("live");
+                let session = conn.stomp.as_ref().expect("a STOMP connection");
+                let versions = super::connect::VERSIONS.join(",");
+                let extra = [("version", versions.as_str())];
+                let receipt = frame.get("receipt");
+                session.write_error_with(&mut conn.out, &e.to_string(), receipt, &extra);
+                self.close_conn_with(slot, true);
+                return Ok(());
+            }
+        };
         let floor = |ms: u64| if ms == 0 { 0 } else { ms.max(HEART_BEAT_MIN_MS) };
         // The server offers what the client asks for (as RabbitMQ does), no faster than its
         // timers: it can send every `cy` ms and wants to hear every `cx` ms.

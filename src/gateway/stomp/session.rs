@@ -183,7 +183,21 @@ impl Session {
 
     /// An ERROR frame: `message` in the header (one line), the detail in the body.
     pub fn write_error(&self, out: &mut Vec<u8>, message: &str, receipt: Option<&str>) {
+        self.write_error_with(out, message, receipt, &[])
+    }
+
+    /// [`Session::write_error`] with extra headers (the versions a failed CONNECT could use).
+    pub fn write_error_with(
+        &self,
+        out: &mut Vec<u8>,
+        message: &str,
+        receipt: Option<&str>,
+        extra: &[(&str, &str)],
+    ) {
         self.write_frame_start(out, Command::Error);
+        for (k, v) in extra {
+            self.write_header(out, k, v);
+        }
         let line = message.lines().next().unwrap_or("error");
         self.write_header(out, "message", line);
         if let Some(r) = receipt {
