@@ -66,23 +66,26 @@ install_if_missing() {
         chmod 755 /usr/sbin/policy-rc.d
         our_policy=1
     fi
-    local ok=0
+    local ok=0 aptlog
+    aptlog=$(mktemp /tmp/rabbitmq-apt.XXXXXX)
     export DEBIAN_FRONTEND=noninteractive
-    if [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e '^lock$' -e '^partial$' || true)" ]; then
-        apt-get update -q >/dev/null
+    if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then # never updated
+        apt-get update -q >>"$aptlog" 2>&1 || true
     fi
-    if apt-get install -y -q --no-install-recommends rabbitmq-server >/dev/null; then
+    if apt-get install -y -q --no-install-recommends rabbitmq-server >>"$aptlog" 2>&1; then
         ok=1
     else
         # Stale or missing lists: update once and try again.
-        apt-get update -q >/dev/null &&
-            apt-get install -y -q --no-install-recommends rabbitmq-server >/dev/null && ok=1
+        apt-get update -q >>"$aptlog" 2>&1 &&
+            apt-get install -y -q --no-install-recommends rabbitmq-server >>"$aptlog" 2>&1 && ok=1
     fi
     if [ -n "$our_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
     if [ "$ok" != 1 ]; then
-        log "apt-get install rabbitmq-server failed"
+        tail -n 20 "$aptlog" >&2
+        log "apt-get install rabbitmq-server failed (log: $aptlog)"
         exit 1
     fi
+    rm -f "$aptlog"
     # If a service manager started the system node anyway, stop it: it is not the node we use.
     if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet rabbitmq-server 2>/dev/null; then
         systemctl stop rabbitmq-server || true
@@ -112,8 +115,16 @@ start() {
         fi
     done
     # A fresh node every start: no queues or durable subscriptions left from earlier runs.
+    # (Only a directory this script made is removed.)
+    if [ -e "$DIR" ] && [ ! -e "$DIR/.rdmq-interop-rabbitmq" ]; then
+        if [ -n "$(ls -A "$DIR")" ]; then
+            log "$DIR exists and was not made by this script; set RABBITMQ_INTEROP_DIR"
+            exit 1
+        fi
+    fi
     rm -rf "$DIR"
     mkdir -p "$DIR/home" "$DIR/mnesia" "$DIR/log"
+    touch "$DIR/.rdmq-interop-rabbitmq"
     # The node starts epmd (Erlang's port mapper) if none runs; remember to end it in 'stop'.
     if ! port_open 4369; then touch "$DIR/epmd-ours"; fi
     node_env

@@ -75,10 +75,9 @@ def test_disconnect_receipt_comes_before_close(raw_factory):
 
 def test_disconnect_with_stomp_py(client_factory):
     c = client_factory()
-    c.disconnect()
+    c.disconnect()  # raises unless the DISCONNECT's RECEIPT arrives
+    assert any(kind == "receipt" and rid.startswith("disconnect-") for kind, rid in c.listener.events)
     c.listener.wait_disconnected()
-    kinds = [k for k, _ in c.listener.events]
-    assert kinds == ["receipt", "disconnected"], c.listener.events
 
 
 def test_frames_before_connect_are_refused(raw_factory):
