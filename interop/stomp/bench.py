@@ -106,6 +106,12 @@ def main():
     ap.add_argument("--count", type=int, default=20000, help="messages in the throughput phase")
     ap.add_argument("--size", type=int, default=64, help="body bytes (at least 20 for latency)")
     ap.add_argument("--latency-count", type=int, default=2000, help="round trips in the latency phase")
+    ap.add_argument(
+        "--persistent",
+        action="store_true",
+        help="send with persistent:true (RabbitMQ then writes messages to disk; rdmq queues are "
+        "fsync-durable by default and ignore the header)",
+    )
     ap.add_argument("--ack", choices=["auto", "client-individual"], default="auto")
     ap.add_argument("--prefetch", type=int, default=1000, help="prefetch-count for client-individual")
     ap.add_argument("--login", default=os.environ.get("STOMP_LOGIN") or None)
@@ -138,9 +144,10 @@ def main():
     # Phase 1: throughput.
     n = args.count
     t0 = time.perf_counter_ns()
+    extra = {"persistent": "true"} if args.persistent else {}
     for _ in range(n - 1):
-        prod.send(dest, body)
-    prod.send(dest, body, headers={"receipt": "last"})
+        prod.send(dest, body, headers=extra)
+    prod.send(dest, body, headers={"receipt": "last", **extra})
     prod_l.wait(lambda: "last" in prod_l.receipts, args.timeout, "the last SEND's receipt")
     t_sent = time.perf_counter_ns()
     cons_l.wait(lambda: cons_l.count >= n, args.timeout, f"{n} messages (have {cons_l.count})")
@@ -154,7 +161,7 @@ def main():
     t_lat0 = time.monotonic()
     for i in range(1, args.latency_count + 1):
         stamp = str(time.perf_counter_ns()).rjust(20, "0").encode()
-        prod.send(dest, stamp + pad)
+        prod.send(dest, stamp + pad, headers=extra)
         want = base + i
         cons_l.wait(lambda: cons_l.count >= want, 10, f"latency message {i}")
         if time.monotonic() - t_lat0 > args.timeout:
@@ -172,6 +179,7 @@ def main():
         "client": f"stomp.py {getattr(stomp, '__version__', '?')}",
         "destination": dest,
         "ack": args.ack,
+        "persistent": args.persistent,
         "count": n,
         "size": args.size,
         "send_msgs_per_s": round(n / ((t_sent - t0) / 1e9), 1),

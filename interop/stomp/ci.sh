@@ -51,5 +51,7 @@ rabbit=1
 "$here/run.sh" 127.0.0.1:61623 rabbitmq
 
 echo "-- bench.py: the same client against both, in the same run (figures are not checked)"
-"$venv/bin/python" "$here/bench.py" "$addr" --count 20000
+# rdmq's queues are fsync-durable by default; RabbitMQ's messages only with persistent:true.
+"$venv/bin/python" "$here/bench.py" "$addr" --count 20000 --persistent
+"$venv/bin/python" "$here/bench.py" 127.0.0.1:61623 --count 20000 --persistent
 "$venv/bin/python" "$here/bench.py" 127.0.0.1:61623 --count 20000
