@@ -29,6 +29,10 @@ pub struct Config {
     /// The same, parsed (filled in by `validate`; `None` when off).
     #[serde(skip)]
     pub stomp_addr: Option<SocketAddr>,
+    /// MQTT 3.1.1/5.0 gateway listener: an address, or "off".
+    pub mqtt_listen: String,
+    #[serde(skip)]
+    pub mqtt_addr: Option<SocketAddr>,
     /// Shard threads; 0 = one per CPU this process may use.
     pub shards: usize,
     /// Pin each shard to its own CPU.
@@ -81,6 +85,8 @@ impl Default for Config {
             listen: "127.0.0.1:7420".parse().expect("constant address"),
             stomp_listen: "127.0.0.1:61613".to_string(),
             stomp_addr: None,
+            mqtt_listen: "127.0.0.1:1883".to_string(),
+            mqtt_addr: None,
             shards: 0,
             pin_threads: true,
             auto_create: true,
@@ -138,6 +144,8 @@ impl Config {
         self.default_durability = self.default_queue_durability.parse()?;
         self.stomp_addr = parse_listen(&self.stomp_listen)
             .map_err(|e| format!("stomp_listen = {:?}: {e}", self.stomp_listen))?;
+        self.mqtt_addr = parse_listen(&self.mqtt_listen)
+            .map_err(|e| format!("mqtt_listen = {:?}: {e}", self.mqtt_listen))?;
         if self.segment_bytes < (1 << 20) {
             return Err("segment_bytes must be at least 1 MiB".into());
         }

@@ -77,6 +77,8 @@ pub struct Conn {
     pub pending_consume: FxHashMap<u64, u32>,
     /// A STOMP gateway connection's session (`None`: the native protocol).
     pub stomp: Option<Box<Session>>,
+    /// An MQTT gateway connection's session.
+    pub mqtt: Option<Box<crate::gateway::mqtt::session::Session>>,
     /// Input is not being parsed until outstanding requests drain (a gateway's send window).
     pub paused: bool,
 }
@@ -101,6 +103,7 @@ impl Conn {
             subs: FxHashMap::default(),
             pending_consume: FxHashMap::default(),
             stomp: None,
+            mqtt: None,
             paused: false,
         }
     }
@@ -118,6 +121,10 @@ impl Conn {
         }
         if let Some(session) = self.stomp.as_mut() {
             return session.pump(&mut self.subs, &mut self.out, high_water);
+        }
+        if let Some(session) = self.mqtt.as_mut() {
+            let now_us = crate::broker::wall_clock_ms() * 1000;
+            return session.pump(&mut self.subs, &mut self.out, high_water, now_us);
         }
         let mut written = 0;
         for (&id, sub) in self.subs.iter_mut() {

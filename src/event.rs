@@ -33,9 +33,11 @@ pub enum Event {
         opts: QueueOptions,
         explicit_dlq: bool,
     },
+    /// `force` deletes even with consumers (a gateway discarding a session it owns).
     DeleteQueue {
         reply: ReplyTo,
         name: Arc<str>,
+        force: bool,
     },
     /// `reply` is `None` for appends nobody waits for (a topic publish copied into a bound
     /// queue); `confirm` is false for NO_CONFIRM publishes, which hear only of errors.
@@ -144,6 +146,8 @@ pub enum Event {
         slot: u32,
         generation: u32,
     },
+    /// The MQTT gateway's own events (client ids, sessions, retained messages, wills).
+    Mqtt(Box<crate::gateway::mqtt::serve::MqttEvent>),
     /// Follows a broadcast; the shard that applies the last copy answers OK. Mailboxes are FIFO,
     /// so by then every shard has applied the broadcast.
     Fence {

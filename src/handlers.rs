@@ -41,6 +41,10 @@ impl Shard {
             session.last_in_ms = self.now_ms;
             return self.stomp_parse(slot);
         }
+        if let Some(session) = conn.mqtt.as_mut() {
+            session.last_in_ms = self.now_ms;
+            return self.mqtt_parse(slot);
+        }
         let inbuf = std::mem::take(&mut conn.inbuf);
         let body_max = self.cfg.frame_body_max;
         let mut pos = 0;
@@ -110,7 +114,8 @@ impl Shard {
             }
             (true, Command::DeleteQueue(n)) => {
                 let name: Arc<str> = n.name.into();
-                self.route(self.queue_owner(&name), Event::DeleteQueue { reply, name });
+                let owner = self.queue_owner(&name);
+                self.route(owner, Event::DeleteQueue { reply, name, force: false });
             }
             (true, Command::DeclareTopic(n)) => {
                 if let Err(e) = pattern::validate_topic(n.name) {
@@ -417,7 +422,9 @@ impl Shard {
         }
         queues.sort_unstable();
         queues.dedup();
-        let batch: Arc<[u8]> = Arc::from(batch);
+        // A queue does not keep the topic a message was published to; put it in a header, so a
+        // durable subscriber (and a gateway's persistent session) can say where it came from.
+        let batch: Arc<[u8]> = stamp_topic(batch, topic).into();
         for queue in queues {
             let owner = self.queue_owner(&queue);
             let ev =
@@ -449,6 +456,9 @@ impl Shard {
         if conn.stomp.is_some() {
             return self.write_stomp_messages(key, msgs);
         }
+        if conn.mqtt.is_some() {
+            return self.write_mqtt_messages(key, msgs);
+        }
         let entries = msgs.iter().map(|m| {
             let flags = if m.redelivered { FLAG_REDELIVERED } else { 0 };
             (m.tag, m.delivery_count, flags, m.rec.bytes())
@@ -468,6 +478,9 @@ impl Shard {
         }
         if conn.stomp.is_some() {
             return self.on_stomp_reply(to, kind);
+        }
+        if conn.mqtt.is_some() {
+            return self.on_mqtt_reply(to, kind);
         }
         if let Some(id) = conn.pending_consume.remove(&to.request_id) {
             if matches!(kind, ReplyKind::Error { .. }) {
@@ -493,10 +506,10 @@ pub fn apply(s: &mut Shard, ev: Event) {
         Event::DeclareQueue { reply, name, opts, explicit_dlq } => {
             declare_queue(s, reply, name, opts, explicit_dlq)
         }
-        Event::DeleteQueue { reply, name } => {
+        Event::DeleteQueue { reply, name, force } => {
             let kind = match s.queues.get(&name) {
                 None => err(code::NOT_FOUND, format!("no queue {name:?}")),
-                Some(q) if q.consumer_count() > 0 => err(
+                Some(q) if q.consumer_count() > 0 && !force => err(
                     code::PRECONDITION_FAILED,
                     format!("queue {name:?} has {} consumers", q.consumer_count()),
                 ),
@@ -679,6 +692,7 @@ pub fn apply(s: &mut Shard, ev: Event) {
         Event::TopicDelete { name } => {
             s.topics.remove(&name);
         }
+        Event::Mqtt(ev) => crate::gateway::mqtt::serve::apply(s, *ev),
         Event::Fence { reply, left } => {
             if left.fetch_sub(1, Ordering::AcqRel) == 1 {
                 s.reply(reply, ReplyKind::Ok);
@@ -754,9 +768,10 @@ pub fn fatal(s: &mut Shard, slot: u32, code: u16, message: &str) {
     if conn.closing {
         return;
     }
-    match conn.stomp.as_ref() {
-        Some(session) => session.write_error(&mut conn.out, message, None),
-        None => ErrorFrame { code, message }.encode(&mut conn.out, 0),
+    match (conn.stomp.as_ref(), conn.mqtt.as_ref()) {
+        (Some(session), _) => session.write_error(&mut conn.out, message, None),
+        (None, Some(m)) => m.write_fatal(&mut conn.out, code, message),
+        (None, None) => ErrorFrame { code, message }.encode(&mut conn.out, 0),
     }
     if code == code::PROTOCOL_ERROR || code == code::FRAME_TOO_LARGE {
         metrics::add(&s.metrics.protocol_errors, 1);
@@ -790,4 +805,31 @@ fn name_of(cmd: &Command<'_>) -> &'static str {
         Command::Ok => "OK",
         Command::Error(_) => "ERROR",
     }
+}
+
+/// The batch with header `rdmq-topic: <topic>` added to every record that has none. Only topic
+/// publishes copied into bound queues pay for this copy.
+fn stamp_topic(batch: &[u8], topic: &str) -> Vec<u8> {
+    use rdmq_client::wire::record::{BatchBuilder, RecordMeta};
+    const TOPIC_HEADER: &str = crate::gateway::mqtt::session::TOPIC_HEADER;
+    let mut out = Vec::with_capacity(batch.len() + 64);
+    let mut b = BatchBuilder::begin(&mut out);
+    for (_, r) in BatchView::trusted(batch).records() {
+        let mut headers: Vec<(String, String)> =
+            r.headers().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        if !headers.iter().any(|(k, _)| k == TOPIC_HEADER) {
+            headers.push((TOPIC_HEADER.to_string(), topic.to_string()));
+        }
+        let meta = RecordMeta {
+            id: r.header.id,
+            timestamp_us: r.header.timestamp_us,
+            ttl_ms: r.header.ttl_ms,
+            correlation_id: r.correlation_id(),
+            reply_to: r.reply_to(),
+            headers: &headers,
+        };
+        b.push(&mut out, &meta, r.payload());
+    }
+    b.finish(&mut out);
+    out
 }

@@ -46,6 +46,9 @@ struct ServeArgs {
     /// STOMP 1.0-1.2 gateway listen address, or "off". Default: 127.0.0.1:61613
     #[arg(long, value_name = "ADDR|off")]
     stomp_listen: Option<String>,
+    /// MQTT 3.1.1/5.0 gateway listen address, or "off". Default: 127.0.0.1:1883
+    #[arg(long, value_name = "ADDR|off")]
+    mqtt_listen: Option<String>,
     /// Shard threads, one per core. Default: one per CPU this process may use
     #[arg(long)]
     shards: Option<usize>,
@@ -95,6 +98,9 @@ fn serve(a: ServeArgs) -> Result<(), String> {
     if let Some(l) = a.stomp_listen {
         cfg.stomp_listen = l;
     }
+    if let Some(l) = a.mqtt_listen {
+        cfg.mqtt_listen = l;
+    }
     if let Some(s) = a.shards {
         cfg.shards = s;
     }
@@ -124,6 +130,10 @@ fn serve(a: ServeArgs) -> Result<(), String> {
     if let Some(addr) = server.stomp_addr {
         eprintln!("rdmq: serving STOMP 1.0-1.2 on {addr}");
         println!("listening stomp://{addr}");
+    }
+    if let Some(addr) = server.mqtt_addr {
+        eprintln!("rdmq: serving MQTT 3.1.1/5.0 on {addr}");
+        println!("listening mqtt://{addr}");
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();

@@ -20,6 +20,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The STOMP gateway's bound address, when it is on.
     pub stomp_addr: Option<SocketAddr>,
+    /// The MQTT gateway's bound address, when it is on.
+    pub mqtt_addr: Option<SocketAddr>,
     /// Held for the server's life: the data directory's exclusive lock.
     _lock: std::fs::File,
     pub metrics: Arc<Metrics>,
@@ -37,7 +39,7 @@ impl Server {
         })?;
         // SO_REUSEPORT would let a second server join this address and split its clients with
         // the first; refuse if something already answers there.
-        for addr in std::iter::once(cfg.listen).chain(cfg.stomp_addr) {
+        for addr in std::iter::once(cfg.listen).chain(cfg.stomp_addr).chain(cfg.mqtt_addr) {
             if addr.port() != 0
                 && std::net::TcpStream::connect_timeout(
                     &addr,
@@ -56,6 +58,13 @@ impl Server {
         })?;
         let (listeners, addr) = bind_per_shard(cfg.listen, n)?;
         let (mut stomp_listeners, stomp_addr) = match cfg.stomp_addr {
+            Some(a) => {
+                let (l, addr) = bind_per_shard(a, n)?;
+                (l.into_iter().map(Some).collect(), Some(addr))
+            }
+            None => ((0..n).map(|_| None).collect::<Vec<_>>(), None),
+        };
+        let (mut mqtt_listeners, mqtt_addr) = match cfg.mqtt_addr {
             Some(a) => {
                 let (l, addr) = bind_per_shard(a, n)?;
                 (l.into_iter().map(Some).collect(), Some(addr))
@@ -95,6 +104,7 @@ impl Server {
                 metrics: metrics.clone(),
                 listener,
                 stomp_listener: stomp_listeners.pop().expect("one per shard"),
+                mqtt_listener: mqtt_listeners.pop().expect("one per shard"),
                 ctls: ctls.clone(),
                 inbox: receivers.pop().expect("one inbox per shard"),
                 outbox,
@@ -128,7 +138,7 @@ impl Server {
                 break;
             }
         }
-        Ok(Server { addr, stomp_addr, _lock: lock, metrics, threads })
+        Ok(Server { addr, stomp_addr, mqtt_addr, _lock: lock, metrics, threads })
     }
 
     /// Waits for every shard to stop (after SIGINT/SIGTERM). Returns the first shard error.

@@ -70,6 +70,7 @@ pub mod op {
 /// Listener indexes, carried in an accept's slot field.
 const LISTENER_NATIVE: u32 = 0;
 const LISTENER_STOMP: u32 = 1;
+const LISTENER_MQTT: u32 = 2;
 
 /// `[op: 8][generation: 24][slot: 32]`.
 pub fn user_data(op: u8, generation: u32, slot: u32) -> u64 {
@@ -95,6 +96,10 @@ pub struct Shard {
     listener: OwnedFd,
     /// The STOMP gateway's listener, when it is on.
     stomp_listener: Option<OwnedFd>,
+    /// The MQTT gateway's listener, when it is on.
+    mqtt_listener: Option<OwnedFd>,
+    /// The MQTT gateway's client ids, sessions and retained messages (home shard only).
+    pub mqtt_registry: crate::gateway::mqtt::registry::Registry,
     ctls: Arc<Vec<ShardCtl>>,
     inbox: Vec<Receiver<Vec<Event>>>,
     outbox: Vec<Option<Sender<Vec<Event>>>>,
@@ -135,6 +140,7 @@ pub struct ShardInit {
     pub metrics: Arc<Metrics>,
     pub listener: OwnedFd,
     pub stomp_listener: Option<OwnedFd>,
+    pub mqtt_listener: Option<OwnedFd>,
     pub ctls: Arc<Vec<ShardCtl>>,
     pub inbox: Vec<Receiver<Vec<Event>>>,
     pub outbox: Vec<Option<Sender<Vec<Event>>>>,
@@ -155,6 +161,8 @@ impl Shard {
             ring,
             listener: init.listener,
             stomp_listener: init.stomp_listener,
+            mqtt_listener: init.mqtt_listener,
+            mqtt_registry: Default::default(),
             ctls: init.ctls,
             inbox: init.inbox,
             outbox: init.outbox,
@@ -193,6 +201,9 @@ impl Shard {
         self.arm_accept(LISTENER_NATIVE);
         if self.stomp_listener.is_some() {
             self.arm_accept(LISTENER_STOMP);
+        }
+        if self.mqtt_listener.is_some() {
+            self.arm_accept(LISTENER_MQTT);
         }
         self.arm_wake();
         self.ring.submit()?;
@@ -295,15 +306,18 @@ impl Shard {
             })
             .collect();
         for slot in silent {
-            let stomp = self.conns[slot as usize].as_ref().is_some_and(|c| c.stomp.is_some());
-            let msg = if stomp {
-                "no CONNECT frame within 10 s of connecting"
+            let gateway = self.conns[slot as usize]
+                .as_ref()
+                .is_some_and(|c| c.stomp.is_some() || c.mqtt.is_some());
+            let msg = if gateway {
+                "no CONNECT within 10 s of connecting"
             } else {
                 "no HELLO within 10 s of connecting (is this an rdmq client?)"
             };
             crate::handlers::fatal(self, slot, rdmq_client::error_code::PROTOCOL_ERROR, msg);
         }
         self.stomp_heart_beats();
+        self.mqtt_timers();
         for conn in self.conns.iter_mut().flatten() {
             if conn.closing && conn.send_inflight && now >= conn.closing_since_ms + CLOSE_LINGER_MS
             {
@@ -466,6 +480,7 @@ impl Shard {
     fn arm_accept(&mut self, which: u32) {
         let fd = match which {
             LISTENER_STOMP => self.stomp_listener.as_ref().expect("stomp listener").as_raw_fd(),
+            LISTENER_MQTT => self.mqtt_listener.as_ref().expect("mqtt listener").as_raw_fd(),
             _ => self.listener.as_raw_fd(),
         };
         self.ring.accept_multi(fd, user_data(op::ACCEPT, 0, which));
@@ -492,6 +507,9 @@ impl Shard {
         conn.accepted_ms = self.now_ms;
         if which == LISTENER_STOMP {
             conn.stomp = Some(Box::new(crate::gateway::stomp::session::Session::new(self.now_ms)));
+        }
+        if which == LISTENER_MQTT {
+            conn.mqtt = Some(Box::new(crate::gateway::mqtt::session::Session::new(self.now_ms)));
         }
         self.conns[slot as usize] = Some(conn);
         self.ring.recv_multi(fd, user_data(op::RECV, generation, slot));
@@ -628,6 +646,13 @@ impl Shard {
         if conn.closing {
             return;
         }
+        let mqtt = conn.mqtt.is_some();
+        if mqtt {
+            self.mqtt_on_close(slot);
+        }
+        let Some(conn) = self.conns[slot as usize].as_mut() else {
+            return;
+        };
         conn.closing = true;
         conn.closing_since_ms = self.now_ms;
         conn.flush_on_close = flush;
@@ -691,7 +716,7 @@ impl Shard {
         let Some(conn) = self.conn(key.slot, key.generation).filter(|c| !c.closing) else {
             return;
         };
-        let gateway = conn.stomp.is_some();
+        let gateway = conn.stomp.is_some() || conn.mqtt.is_some();
         let Some(sub) = conn.subs.get_mut(&key.id) else {
             return;
         };

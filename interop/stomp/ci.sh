@@ -26,7 +26,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$bin" serve --listen 127.0.0.1:0 --stomp-listen 127.0.0.1:0 --data-dir "$work/data" \
+"$bin" serve --listen 127.0.0.1:0 --stomp-listen 127.0.0.1:0 --mqtt-listen off --data-dir "$work/data" \
     >"$work/out" 2>"$work/err" &
 pid=$!
 addr=

@@ -261,8 +261,17 @@ impl SpawnedServer {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut cmd = Process::new(exe);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--stomp-listen", "off", "--data-dir"])
-            .arg(&dir);
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--stomp-listen",
+            "off",
+            "--mqtt-listen",
+            "off",
+            "--data-dir",
+        ])
+        .arg(&dir);
         if let Some(text) = config {
             let path = dir.join("bench.toml");
             std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;

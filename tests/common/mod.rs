@@ -34,6 +34,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// The STOMP gateway's address (every test server runs one on a free port).
     pub stomp: SocketAddr,
+    /// The MQTT gateway's address (likewise).
+    pub mqtt: SocketAddr,
     pub url: String,
     pub shards: usize,
     pub dir: PathBuf,
@@ -95,6 +97,7 @@ impl Server {
         let log = dir.join("server.log");
         let mut cmd = Command::new(rdmq_bin());
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--stomp-listen", "127.0.0.1:0"])
+            .args(["--mqtt-listen", "127.0.0.1:0"])
             .args(["--shards", &shards.to_string()])
             .arg("--data-dir")
             .arg(&data);
@@ -120,9 +123,13 @@ impl Server {
         // The reader hands the pipe back with the line, so the server never writes to a closed pipe.
         std::thread::spawn(move || {
             let mut r = BufReader::new(stdout);
-            // Two lines: the native listener, then the STOMP gateway's.
+            // Three lines: the native listener, then the STOMP and MQTT gateways'.
             let mut line = String::new();
-            let res = r.read_line(&mut line).and_then(|_| r.read_line(&mut line)).map(|_| line);
+            let res = r
+                .read_line(&mut line)
+                .and_then(|_| r.read_line(&mut line))
+                .and_then(|_| r.read_line(&mut line))
+                .map(|_| line);
             let _ = tx.send((res, r.into_inner()));
         });
         let (line, stdout) = match rx.recv_timeout(START_TIMEOUT) {
@@ -135,9 +142,10 @@ impl Server {
             }
         };
         let mut lines = line.lines();
-        let (Some(addr), Some(stomp)) = (
+        let (Some(addr), Some(stomp), Some(mqtt)) = (
             lines.next().and_then(|l| l.strip_prefix("listening tcp://")),
             lines.next().and_then(|l| l.strip_prefix("listening stomp://")),
+            lines.next().and_then(|l| l.strip_prefix("listening mqtt://")),
         ) else {
             let _ = child.kill();
             let _ = child.wait();
@@ -145,12 +153,14 @@ impl Server {
         };
         let addr: SocketAddr = addr.parse().expect("listening address");
         let stomp: SocketAddr = stomp.parse().expect("STOMP listening address");
+        let mqtt: SocketAddr = mqtt.parse().expect("MQTT listening address");
         Server {
             child: Some(child),
             _stdout: stdout,
             url: format!("tcp://{addr}"),
             addr,
             stomp,
+            mqtt,
             shards,
             dir,
             log,

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use rdmq_client::wire::record::{BatchBuilder, RecordMeta};
+use rdmq_client::wire::record::{BatchBuilder, RecordMeta, RecordView};
 
 use super::ack::Ack;
 use super::connect::{negotiate_heart_beat, Connect, Connected};
@@ -489,7 +489,7 @@ impl Shard {
             Pending::Cancelled { delete: Some(queue) } => {
                 self.session(slot).pending.insert(to.request_id, Pending::Done);
                 let owner = self.queue_owner(&queue);
-                self.route(owner, Event::DeleteQueue { reply: to, name: queue });
+                self.route(owner, Event::DeleteQueue { reply: to, name: queue, force: false });
             }
         }
         self.stomp_flush_receipts(slot);
@@ -515,14 +515,17 @@ impl Shard {
         let mut tags = Vec::new();
         for m in &msgs {
             let message_id = format!("{}-{}", key.id, m.tag);
-            session.write_message(
-                &mut conn.out,
-                sub,
-                &message_id,
-                &destination,
-                m.redelivered,
-                m.rec.bytes(),
-            );
+            // A durable subscription's messages name the topic they were published to.
+            let topic = match sub.backing {
+                Backing::Durable(_) => RecordView::trusted(m.rec.bytes())
+                    .headers()
+                    .find(|(k, _)| *k == crate::gateway::mqtt::session::TOPIC_HEADER)
+                    .map(|(_, t)| format!("/topic/{t}")),
+                _ => None,
+            };
+            let destination = topic.as_deref().unwrap_or(&destination);
+            let (redelivered, rec) = (m.redelivered, m.rec.bytes());
+            session.write_message(&mut conn.out, sub, &message_id, destination, redelivered, rec);
             if sub.ack == AckMode::Auto {
                 tags.push(m.tag);
             }

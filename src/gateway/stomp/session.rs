@@ -280,7 +280,8 @@ impl Session {
 }
 
 /// Headers a MESSAGE frame sets itself; a record header with one of these names is not copied.
-const RESERVED: [&str; 8] = [
+const RESERVED: [&str; 9] = [
+    crate::gateway::mqtt::session::TOPIC_HEADER,
     "subscription",
     "message-id",
     "destination",
