@@ -33,7 +33,7 @@ impl Rng {
 
 fn corpus(v: Version) -> Vec<Vec<u8>> {
     let props = Properties::default();
-    let packets = vec![
+    let packets = [
         Packet::Connect(Box::new(Connect {
             version: v,
             clean_start: false,
