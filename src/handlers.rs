@@ -255,7 +255,7 @@ impl Shard {
     }
 
     /// Publishes a validated batch to topic `name`: copies into bound queues, fan-out to every
-    /// matching subscription, then the confirm (which does not wait for the bound queues).
+    /// matching subscription, then the confirm (once every bound queue has confirmed its copy).
     pub fn publish_topic(
         &mut self,
         reply: ReplyTo,
@@ -271,7 +271,8 @@ impl Shard {
             let msg = format!("no topic {name:?} (auto_create is off)");
             return self.reply(reply, err(code::NOT_FOUND, msg));
         }
-        self.route_to_bound_queues(name, batch, count);
+        let join = confirm.then_some(reply);
+        let bound = self.route_to_bound_queues(name, batch, count, join);
         let mut targets: Vec<SubKey> = Vec::new();
         self.subscriptions.for_each_match(name, |k| targets.push(k));
         if !targets.is_empty() {
@@ -293,7 +294,15 @@ impl Shard {
         }
         let position = self.topic_seq;
         self.topic_seq += count as u64;
-        if confirm {
+        if confirm && bound > 0 {
+            // The confirm waits for every bound queue's (a durable subscriber's copy is as safe
+            // as a queue publish once confirmed); `write_reply` counts them down here.
+            let then = ReplyKind::Confirm { position, count };
+            self.joins.insert(
+                (reply.slot, reply.generation, reply.request_id),
+                Join { left: bound, then },
+            );
+        } else if confirm {
             self.reply(reply, ReplyKind::Confirm { position, count });
         }
     }
@@ -409,8 +418,15 @@ impl Shard {
     }
 
     /// Appends a topic publish to every queue bound to a matching pattern (durable
-    /// subscriptions). The topic's confirm does not wait for these appends.
-    fn route_to_bound_queues(&mut self, topic: &str, batch: &[u8], count: u32) {
+    /// subscriptions); with `join`, each queue answers it (confirm or error). Returns how many
+    /// queues it went to.
+    fn route_to_bound_queues(
+        &mut self,
+        topic: &str,
+        batch: &[u8],
+        count: u32,
+        join: Option<ReplyTo>,
+    ) -> usize {
         let mut queues: Vec<Arc<str>> = self
             .bindings
             .iter()
@@ -418,19 +434,21 @@ impl Shard {
             .map(|(_, q)| q.clone())
             .collect();
         if queues.is_empty() {
-            return;
+            return 0;
         }
         queues.sort_unstable();
         queues.dedup();
         // A queue does not keep the topic a message was published to; put it in a header, so a
         // durable subscriber (and a gateway's persistent session) can say where it came from.
         let batch: Arc<[u8]> = stamp_topic(batch, topic).into();
+        let n = queues.len();
         for queue in queues {
             let owner = self.queue_owner(&queue);
-            let ev =
-                Event::Publish { reply: None, confirm: false, queue, batch: batch.clone(), count };
+            let confirm = join.is_some();
+            let ev = Event::Publish { reply: join, confirm, queue, batch: batch.clone(), count };
             self.route(owner, ev);
         }
+        n
     }
 
     /// The answer to BROWSE: DELIVER frames tagged with positions, then OK.
@@ -468,7 +486,22 @@ impl Shard {
         self.dirty_conns.push(key.slot);
     }
 
-    fn write_reply(&mut self, to: ReplyTo, kind: ReplyKind) {
+    fn write_reply(&mut self, to: ReplyTo, mut kind: ReplyKind) {
+        let key = (to.slot, to.generation, to.request_id);
+        if let Some(j) = self.joins.get_mut(&key) {
+            // A topic publish waiting for its bound queues: the first error wins, else the
+            // topic's confirm goes out when the last queue has confirmed.
+            j.left -= 1;
+            if let ReplyKind::Error { .. } = kind {
+                if !matches!(j.then, ReplyKind::Error { .. }) {
+                    j.then = kind;
+                }
+            }
+            if j.left > 0 {
+                return;
+            }
+            kind = self.joins.remove(&key).expect("present").then;
+        }
         let Some(conn) = self.conn(to.slot, to.generation) else {
             return;
         };
@@ -754,6 +787,12 @@ fn declare_queue(
         Err(e) => err(code::STORAGE_FAILED, e),
     };
     s.reply(reply, kind);
+}
+
+/// A reply that waits for several answers (see `publish_topic`).
+pub struct Join {
+    pub left: usize,
+    pub then: ReplyKind,
 }
 
 pub fn err(code: u16, message: String) -> ReplyKind {

@@ -123,6 +123,8 @@ pub struct Shard {
     /// Publish confirms waiting for their queue's durable position, per queue in order.
     pub held: FxHashMap<Arc<str>, VecDeque<Held>>,
     pub subscriptions: SubscriptionTable,
+    /// Topic publishes whose confirm waits for bound queues: (slot, generation, request id).
+    pub joins: FxHashMap<(u32, u32, u64), crate::handlers::Join>,
     /// Topic pattern → queue bindings (durable subscriptions), replicated on every shard.
     pub bindings: Vec<(Arc<str>, Arc<str>)>,
     pub topics: FxHashMap<Arc<str>, ()>,
@@ -179,6 +181,7 @@ impl Shard {
             journals: Vec::new(),
             held: FxHashMap::default(),
             subscriptions: SubscriptionTable::default(),
+            joins: FxHashMap::default(),
             bindings: Vec::new(),
             topics: FxHashMap::default(),
             topic_seq: 0,
