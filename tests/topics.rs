@@ -327,14 +327,9 @@ fn durable_subscription_keeps_messages_while_away_and_across_restart() {
             p.send(body.as_bytes()).unwrap();
             p.flush().unwrap();
         }
-        // Topic confirms do not wait for bound queues: wait until all three are in the queue.
-        let deadline = std::time::Instant::now() + RECV_TIMEOUT;
-        while conn.browse(&name, 0, 10).unwrap().len() < 3 {
-            assert!(std::time::Instant::now() < deadline, "bound queue never filled");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
     }
-    server.stop();
+    // A topic confirm waits for the bound queues' copies: they survive a crash right after.
+    server.kill9();
     server.restart();
     let conn = server.connect();
     let mut sub = conn.durable_subscribe(&name, "news.#", 16).unwrap();
@@ -352,4 +347,21 @@ fn durable_subscription_keeps_messages_while_away_and_across_restart() {
     p.flush().unwrap();
     let late = sub.receive(Some(QUIET)).unwrap();
     assert!(late.is_none(), "unbound queue still received {:?}", late.map(|d| text(&d)));
+}
+
+/// A bound queue that refuses a copy (here: full) makes the topic publish fail: the confirm
+/// speaks for every durable subscription's copy.
+#[test]
+fn a_full_bound_queue_fails_the_topic_publish() {
+    let server = Server::start(2);
+    let conn = server.connect();
+    let opts = rdmq_client::QueueOptions { max_length: 1, ..Default::default() };
+    conn.declare_queue("tiny-sub", &opts).unwrap();
+    conn.bind("tiny-sub", "gauge.#").unwrap();
+    let mut p = conn.topic_producer("gauge.level");
+    p.send(b"1").unwrap();
+    p.flush().expect("the first copy fits");
+    p.send(b"2").unwrap();
+    let e = p.flush().expect_err("the second copy does not fit");
+    assert!(e.to_string().contains("tiny-sub"), "{e}");
 }
