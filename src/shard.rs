@@ -198,6 +198,9 @@ impl Shard {
     pub fn run(mut self) -> std::io::Result<()> {
         // Durable queues first: nothing is accepted or applied until they are back.
         self.recover_queues();
+        if self.cfg.mqtt_addr.is_some() && self.is_mqtt_home() {
+            self.mqtt_registry_ready();
+        }
         if let Some(ready) = self.ready.take() {
             let _ = ready.send(self.id);
         }

@@ -898,7 +898,9 @@ impl Shard {
         self.route(home, Event::Mqtt(Box::new(ev)));
     }
 
-    fn mqtt_registry_ready(&mut self) {
+    /// Loads the registry on the home shard (at start, and before any MQTT event there).
+    /// Stored sessions with a finite expiry start counting again from now.
+    pub fn mqtt_registry_ready(&mut self) {
         if self.mqtt_registry.loaded {
             return;
         }
@@ -907,6 +909,17 @@ impl Shard {
             eprintln!("rdmq: mqtt: cannot load sessions and retained messages: {e}");
             Registry { loaded: true, dir, ..Registry::default() }
         });
+        let now = self.now_ms;
+        for c in self.mqtt_registry.clients.values_mut() {
+            if let Some(s) = c.session.as_ref().filter(|s| s.expiry_s != u32::MAX) {
+                c.expires_at_ms = Some(now + s.expiry_s as u64 * 1000);
+            }
+        }
+    }
+
+    /// Whether this shard keeps the MQTT registry.
+    pub fn is_mqtt_home(&self) -> bool {
+        self.id as usize == self.mqtt_home()
     }
 }
 
