@@ -660,3 +660,41 @@ fn malformed_packets_close_the_connection_and_cost_nothing_else() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn pipelined_qos1_publishes_past_the_window_are_acked_in_order() {
+    let server = Server::start(2);
+    let mut sub = Mqtt::open(&server, Version::V311, "burst-sub");
+    sub.subscribe("burst/#", Qos::AtMostOnce);
+    let mut p = Mqtt::open(&server, Version::V311, "burst-pub");
+    let n = 3_000u16;
+    let mut bytes = Vec::new();
+    for i in 1..=n {
+        let publish = Publish {
+            dup: false,
+            qos: Qos::AtLeastOnce,
+            retain: false,
+            topic: format!("burst/{}", i % 7),
+            packet_id: Some(i),
+            properties: Properties::default(),
+            payload: i.to_string().into_bytes(),
+        };
+        encode(&Packet::Publish(publish), Version::V311, &mut bytes);
+    }
+    // One write: far more than the session's request window, so it pauses and resumes.
+    let writer = {
+        let mut s = p.s.try_clone().unwrap();
+        std::thread::spawn(move || s.write_all(&bytes).unwrap())
+    };
+    for i in 1..=n {
+        match p.expect() {
+            Packet::PubAck(a) => assert_eq!(a.packet_id, i, "PUBACKs in PUBLISH order"),
+            other => panic!("{other:?}"),
+        }
+    }
+    writer.join().unwrap();
+    let got: Vec<u16> = (0..n)
+        .map(|_| String::from_utf8(sub.expect_publish().payload).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(got, (1..=n).collect::<Vec<_>>());
+}

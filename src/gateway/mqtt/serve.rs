@@ -115,6 +115,9 @@ impl Shard {
             }
             if session.pending.len() >= REQUEST_WINDOW {
                 conn.paused = true;
+                if inbuf.len() - pos > crate::gateway::stomp::session::PAUSED_INPUT_MAX {
+                    self.stop_recv(slot);
+                }
                 break;
             }
             let buf = &inbuf[pos..];
@@ -731,6 +734,7 @@ impl Shard {
         if conn.paused && session.pending.len() <= REQUEST_WINDOW / 2 && !conn.closing {
             conn.paused = false;
             self.mqtt_parse(slot);
+            self.resume_recv(slot);
         }
     }
 
