@@ -17,20 +17,6 @@ use rdmq::gateway::mqtt::{
     Version, Will,
 };
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 fn corpus(v: Version) -> Vec<Vec<u8>> {
     let props = Properties::default();
     let packets = [
@@ -92,7 +78,7 @@ fn gateway_survives_mutated_streams() {
     let seed =
         std::env::var("RDMQ_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x4D51_5454);
     let iters = std::env::var("RDMQ_FUZZ_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
-    let mut rng = Rng(seed | 1);
+    let mut rng = XorShift(seed | 1);
     for i in 0..iters {
         let v = if i % 2 == 0 { Version::V311 } else { Version::V5 };
         let corpus = corpus(v);

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -77,19 +77,10 @@ impl Stomp {
                 Ok(None) => {}
                 Err(e) => panic!("server sent a malformed frame: {e}"),
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Next::Timeout;
-            }
-            self.s.set_read_timeout(Some(left)).unwrap();
-            let mut tmp = [0u8; 64 << 10];
-            match self.s.read(&mut tmp) {
-                Ok(0) => return Next::Closed,
-                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return Next::Timeout
-                }
-                Err(_) => return Next::Closed,
+            match read_some(&mut self.s, &mut self.buf, deadline) {
+                Some(true) => {}
+                Some(false) => return Next::Timeout,
+                None => return Next::Closed,
             }
         }
     }

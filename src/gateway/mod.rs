@@ -5,4 +5,5 @@
 //! `mqtt_listen`) are served; AMQP is not built yet.
 
 pub mod mqtt;
+pub mod ordered;
 pub mod stomp;

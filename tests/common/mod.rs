@@ -327,6 +327,31 @@ impl XorShift {
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
         (0..n).map(|_| self.next() as u8).collect()
     }
+
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// Reads what arrives on `s` into `buf` until `deadline`: `Some(true)` if bytes came,
+/// `Some(false)` on timeout, `None` when the peer closed. For the gateway tests' packet readers.
+pub fn read_some(s: &mut TcpStream, buf: &mut Vec<u8>, deadline: Instant) -> Option<bool> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Some(false);
+    }
+    s.set_read_timeout(Some(left)).unwrap();
+    let mut tmp = [0u8; 64 << 10];
+    match s.read(&mut tmp) {
+        Ok(0) => None,
+        Ok(n) => {
+            buf.extend_from_slice(&tmp[..n]);
+            Some(true)
+        }
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Some(false),
+        Err(_) => None,
+    }
 }
 
 /// A raw TCP connection speaking bytes, for malformed-input tests.

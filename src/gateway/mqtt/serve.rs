@@ -113,7 +113,7 @@ impl Shard {
             if conn.closing || (conn.handshaken && !session.connected) {
                 break; // closing, or waiting for the home shard to grant the client id
             }
-            if session.pending.len() >= REQUEST_WINDOW {
+            if session.requests.len() >= REQUEST_WINDOW {
                 conn.paused = true;
                 if inbuf.len() - pos > crate::gateway::stomp::session::PAUSED_INPUT_MAX {
                     self.stop_recv(slot);
@@ -333,7 +333,7 @@ impl Shard {
         let conn = self.conns[slot as usize].as_mut().expect("live");
         conn.consumers.insert(id, queue.clone());
         let generation = conn.generation;
-        let request = self.mqtt(slot).request(Pending::Done);
+        let request = self.mqtt(slot).requests.issue(Pending::Done);
         let reply = self.mqtt_reply_to(slot, request);
         let key = SubKey { shard: self.id, slot, generation, id };
         let owner = self.queue_owner(&queue);
@@ -390,7 +390,7 @@ impl Shard {
                     properties: Properties::default(),
                 };
                 comp.encode(session.version, &mut out);
-                session.write_after_pending(out);
+                session.requests.after_pending(out);
                 self.mqtt_flush(slot);
                 Ok(())
             }
@@ -494,21 +494,21 @@ impl Shard {
                 self.publish_topic(reply, false, &native, &batch, 1);
             }
             (Qos::AtLeastOnce, Some(id)) => {
-                let request = session.request(Pending::Published);
+                let request = session.requests.issue(Pending::Published);
                 let mut ack = Vec::new();
                 PubAck { packet_id: id, reason: 0, properties: Properties::default() }
                     .encode(v, &mut ack);
-                session.write_after_pending(ack);
+                session.requests.after_pending(ack);
                 let reply = self.mqtt_reply_to(slot, request);
                 self.publish_topic(reply, true, &native, &batch, 1);
             }
             (Qos::ExactlyOnce, Some(id)) => {
                 let first = session.incoming_qos2.insert(id);
-                let request = first.then(|| session.request(Pending::Published));
+                let request = first.then(|| session.requests.issue(Pending::Published));
                 let mut rec = Vec::new();
                 PubRec { packet_id: id, reason: 0, properties: Properties::default() }
                     .encode(v, &mut rec);
-                session.write_after_pending(rec);
+                session.requests.after_pending(rec);
                 if let Some(request) = request {
                     let reply = self.mqtt_reply_to(slot, request);
                     self.publish_topic(reply, true, &native, &batch, 1);
@@ -555,7 +555,7 @@ impl Shard {
                     let queue: Arc<str> = queue.into();
                     let id = session.next_sub_id();
                     let then = Pending::Bound { id, queue: queue.clone() };
-                    let request = session.request(then);
+                    let request = session.requests.issue(then);
                     let reply = self.mqtt_reply_to(slot, request);
                     let owner = self.queue_owner(&queue);
                     let ev = Event::Bind {
@@ -567,7 +567,7 @@ impl Shard {
                     self.route(owner, ev);
                     Backing::Shared { id, queue }
                 } else if let Some(queue) = session.session_queue.clone() {
-                    let request = session.request(Pending::Done);
+                    let request = session.requests.issue(Pending::Done);
                     let reply = self.mqtt_reply_to(slot, request);
                     let owner = self.queue_owner(&queue);
                     self.route(
@@ -577,7 +577,7 @@ impl Shard {
                     Backing::SessionQueue
                 } else {
                     let id = session.next_sub_id();
-                    let request = session.request(Pending::Done);
+                    let request = session.requests.issue(Pending::Done);
                     let reply = self.mqtt_reply_to(slot, request);
                     let conn = self.conns[slot as usize].as_mut().expect("live");
                     conn.subs.insert(id, SubState::default());
@@ -609,7 +609,7 @@ impl Shard {
                 };
             if send_retained {
                 let session = self.mqtt(slot);
-                let request = session.request(Pending::Retained { qos });
+                let request = session.requests.issue(Pending::Retained { qos });
                 let reply = self.mqtt_reply_to(slot, request);
                 let ev = MqttEvent::RetainedFor { reply, filter: match_filter };
                 let home = self.mqtt_home();
@@ -620,7 +620,7 @@ impl Shard {
         let mut out = Vec::new();
         super::SubAck { packet_id: s.packet_id, properties: Properties::default(), codes }
             .encode(session.version, &mut out);
-        session.write_after_pending(out);
+        session.requests.after_pending(out);
         self.mqtt_save_subs(slot);
         self.mqtt_flush(slot);
         Ok(())
@@ -637,7 +637,7 @@ impl Shard {
             };
             codes.push(reason::SUCCESS);
             let sub = session.subs.remove(i);
-            let request = session.request(Pending::Done);
+            let request = session.requests.issue(Pending::Done);
             let reply = self.mqtt_reply_to(slot, request);
             match sub.backing {
                 Backing::Topic(id) => {
@@ -666,7 +666,7 @@ impl Shard {
         let mut out = Vec::new();
         super::UnsubAck { packet_id: u.packet_id, properties: Properties::default(), codes }
             .encode(session.version, &mut out);
-        session.write_after_pending(out);
+        session.requests.after_pending(out);
         self.mqtt_save_subs(slot);
         self.mqtt_flush(slot);
         Ok(())
@@ -692,14 +692,14 @@ impl Shard {
     fn mqtt_flush(&mut self, slot: u32) {
         let Some(conn) = self.conns[slot as usize].as_mut() else { return };
         let session = conn.mqtt.as_mut().expect("an MQTT connection");
-        session.flush_deferred(&mut conn.out);
+        session.requests.flush(&mut conn.out);
         self.dirty_conns.push(slot);
     }
 
     /// A destination owner's answer to one of a session's requests.
     pub fn on_mqtt_reply(&mut self, to: ReplyTo, kind: ReplyKind) {
         let slot = to.slot;
-        let Some(then) = self.mqtt(slot).pending.remove(&to.request_id) else { return };
+        let Some(then) = self.mqtt(slot).requests.answer(to.request_id) else { return };
         if let ReplyKind::Error { message, .. } = kind {
             let code = if matches!(then, Pending::Published) {
                 reason::QUOTA_EXCEEDED
@@ -716,7 +716,7 @@ impl Shard {
                 .any(|s| matches!(&s.backing, Backing::Shared { id: x, .. } if *x == id))
             {
                 let credit = session.receive_maximum as u32;
-                session.pending.insert(to.request_id, Pending::Done);
+                session.requests.reissue(to.request_id, Pending::Done);
                 let conn = self.conns[slot as usize].as_mut().expect("live");
                 conn.consumers.insert(id, queue.clone());
                 let key = SubKey { shard: self.id, slot, generation: to.generation, id };
@@ -731,7 +731,7 @@ impl Shard {
         self.mqtt_flush(slot);
         let conn = self.conns[slot as usize].as_mut().expect("live");
         let session = conn.mqtt.as_ref().expect("an MQTT connection");
-        if conn.paused && session.pending.len() <= REQUEST_WINDOW / 2 && !conn.closing {
+        if conn.paused && session.requests.len() <= REQUEST_WINDOW / 2 && !conn.closing {
             conn.paused = false;
             self.mqtt_parse(slot);
             self.resume_recv(slot);
@@ -1063,7 +1063,7 @@ pub fn apply(s: &mut Shard, ev: MqttEvent) {
                 return;
             }
             let session = conn.mqtt.as_mut().expect("an MQTT connection");
-            let Some(Pending::Retained { qos }) = session.pending.remove(&to.request_id) else {
+            let Some(Pending::Retained { qos }) = session.requests.answer(to.request_id) else {
                 return;
             };
             let now_us = crate::broker::wall_clock_ms() * 1000;
@@ -1077,7 +1077,7 @@ pub fn apply(s: &mut Shard, ev: MqttEvent) {
                 let how = Send { qos: q, packet_id, dup: false, retain: true };
                 let p = session.publish_packet(&t, r.bytes, how, now_us);
                 if p.len() <= session.max_packet {
-                    session.write_after_pending(p);
+                    session.requests.after_pending(p);
                 } else if let Some(id) = packet_id {
                     session.outbound.remove(&id);
                 }

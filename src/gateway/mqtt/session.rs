@@ -5,9 +5,8 @@
 //! MQTT requires acknowledgements in order (PUBACK/PUBREC in the order the PUBLISH packets
 //! arrived, MQTT-4.6.0-2/-3), and a SUBACK must follow the subscription it acknowledges. So
 //! every packet the server writes in answer to a request is queued behind the requests issued
-//! before it, as STOMP receipts are (`stomp::session`): `write_after_pending`.
+//! before it, as STOMP receipts are (`gateway::ordered`).
 
-use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -17,6 +16,7 @@ use rdmq_client::wire::record::RecordView;
 use super::topic;
 use super::{Properties, Publish, Qos, Version};
 use crate::conn::SubState;
+use crate::gateway::ordered::Requests;
 
 /// Record headers the gateway writes next to MQTT's own fields.
 pub const QOS_HEADER: &str = "mqtt-qos";
@@ -114,9 +114,8 @@ pub struct Session {
     /// QoS 2 packet ids received and confirmed, until PUBREL.
     pub incoming_qos2: FxHashSet<u16>,
     pub aliases: FxHashMap<u16, String>,
-    next_request: u64,
-    pub pending: BTreeMap<u64, Pending>,
-    deferred: VecDeque<(u64, Vec<u8>)>,
+    /// Requests awaiting answers, and the acknowledgements waiting behind them.
+    pub requests: Requests<Pending>,
 }
 
 /// A will as the home shard keeps it until it is due.
@@ -154,9 +153,7 @@ impl Session {
             outbound: FxHashMap::default(),
             incoming_qos2: FxHashSet::default(),
             aliases: FxHashMap::default(),
-            next_request: 1,
-            pending: BTreeMap::new(),
-            deferred: VecDeque::new(),
+            requests: Requests::default(),
         }
     }
 
@@ -166,47 +163,20 @@ impl Session {
         id
     }
 
-    pub fn request(&mut self, then: Pending) -> u64 {
-        let id = self.next_request;
-        self.next_request += 1;
-        self.pending.insert(id, then);
-        id
-    }
-
-    /// Queues `packet` behind every request issued so far.
-    pub fn write_after_pending(&mut self, packet: Vec<u8>) {
-        self.deferred.push_back((self.next_request - 1, packet));
-    }
-
-    /// Moves queued packets whose requests are all answered into `out`.
-    pub fn flush_deferred(&mut self, out: &mut Vec<u8>) {
-        let first_pending = self.pending.keys().next().copied().unwrap_or(u64::MAX);
-        while self.deferred.front().is_some_and(|(after, _)| *after < first_pending) {
-            let (_, p) = self.deferred.pop_front().expect("checked");
-            out.extend_from_slice(&p);
-        }
-    }
-
     /// A free packet identifier for a message to the client, or `None` if the client's receive
     /// maximum is reached.
     pub fn take_packet_id(&mut self, o: Outbound) -> Option<u16> {
-        if self.outbound.len() >= self.receive_maximum as usize {
-            return None;
-        }
-        loop {
-            let id = self.next_packet_id;
-            self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
-            if let std::collections::hash_map::Entry::Vacant(e) = self.outbound.entry(id) {
-                e.insert(o);
-                return Some(id);
-            }
-        }
+        self.take_packet_id_within(o, self.receive_maximum as usize)
     }
 
     /// A packet identifier for a queue delivery: the consumer's credit (the receive maximum)
     /// already bounds these, so topic messages cannot make it wait.
     pub fn take_packet_id_unbounded(&mut self, o: Outbound) -> Option<u16> {
-        if self.outbound.len() >= u16::MAX as usize - 1 {
+        self.take_packet_id_within(o, u16::MAX as usize - 1)
+    }
+
+    fn take_packet_id_within(&mut self, o: Outbound, limit: usize) -> Option<u16> {
+        if self.outbound.len() >= limit {
             return None;
         }
         loop {

@@ -61,7 +61,7 @@ impl Shard {
             if conn.closing || session.disconnecting {
                 return;
             }
-            if session.pending.len() >= REQUEST_WINDOW {
+            if session.requests.len() >= REQUEST_WINDOW {
                 conn.paused = true;
                 if inbuf.len() - pos > PAUSED_INPUT_MAX {
                     self.stop_recv(slot);
@@ -154,7 +154,7 @@ impl Shard {
                 let session = self.session(slot);
                 session.disconnecting = true;
                 if let Some(r) = receipt {
-                    session.receipt_after_pending(r);
+                    session.receipt_after_pending(&r);
                     self.stomp_flush_receipts(slot);
                 } else {
                     self.close_conn_with(slot, true);
@@ -168,7 +168,7 @@ impl Shard {
             Command::Connect | Command::Stomp => unreachable!("handled above"),
         }
         if let Some(r) = receipt {
-            self.session(slot).receipt_after_pending(r);
+            self.session(slot).receipt_after_pending(&r);
             self.stomp_flush_receipts(slot);
         }
         Ok(())
@@ -241,7 +241,7 @@ impl Shard {
         b.push(&mut batch, &meta, &send.body);
         b.finish(&mut batch);
         metrics::add(&self.metrics.published, 1);
-        let request = self.session(slot).request(Pending::Done);
+        let request = self.session(slot).requests.issue(Pending::Done);
         let reply = self.stomp_reply_to(slot, request);
         match send.destination {
             Destination::Queue(name) => {
@@ -293,7 +293,7 @@ impl Shard {
                     .expect("live")
                     .consumers
                     .insert(id, queue.clone());
-                let request = self.session(slot).request(Pending::Done);
+                let request = self.session(slot).requests.issue(Pending::Done);
                 let reply = self.stomp_reply_to(slot, request);
                 let owner = self.queue_owner(&queue);
                 self.route(owner, Event::Consume { reply, queue: queue.clone(), key, credit });
@@ -305,7 +305,7 @@ impl Shard {
                     None => {
                         let conn = self.conns[slot as usize].as_mut().expect("live");
                         conn.subs.insert(id, SubState::default());
-                        let request = self.session(slot).request(Pending::Done);
+                        let request = self.session(slot).requests.issue(Pending::Done);
                         let reply = self.stomp_reply_to(slot, request);
                         let pattern: Arc<str> = pat.as_str().into();
                         self.broadcast_then_ok(reply, || Event::SubAdd {
@@ -318,7 +318,7 @@ impl Shard {
                         let client = self.session(slot).client_id.clone();
                         let queue: Arc<str> = durable_queue(&client, &name).into();
                         let then = Pending::Bound { id, queue: queue.clone(), credit };
-                        let request = self.session(slot).request(then);
+                        let request = self.session(slot).requests.issue(then);
                         let reply = self.stomp_reply_to(slot, request);
                         let owner = self.queue_owner(&queue);
                         let ev = Event::Bind {
@@ -352,14 +352,14 @@ impl Shard {
         match sub.backing {
             Backing::Topic => {
                 self.conns[slot as usize].as_mut().expect("live").subs.remove(&id);
-                let request = self.session(slot).request(Pending::Done);
+                let request = self.session(slot).requests.issue(Pending::Done);
                 let reply = self.stomp_reply_to(slot, request);
                 self.broadcast_then_ok(reply, || Event::SubRemove { key });
             }
             Backing::Queue(queue) | Backing::Durable(queue) => {
                 self.conns[slot as usize].as_mut().expect("live").consumers.remove(&id);
                 let delete = (durable && forget).then(|| queue.clone());
-                let request = self.session(slot).request(Pending::Cancelled { delete });
+                let request = self.session(slot).requests.issue(Pending::Cancelled { delete });
                 let reply = self.stomp_reply_to(slot, request);
                 let owner = self.queue_owner(&queue);
                 self.route(owner, Event::Cancel { reply, queue, key });
@@ -390,7 +390,7 @@ impl Shard {
         };
         let reply = match &ack.receipt {
             Some(_) => {
-                let request = session.request(Pending::Done);
+                let request = session.requests.issue(Pending::Done);
                 Some(self.stomp_reply_to(slot, request))
             }
             None => None,
@@ -457,7 +457,7 @@ impl Shard {
     fn stomp_flush_receipts(&mut self, slot: u32) {
         let Some(conn) = self.conns[slot as usize].as_mut() else { return };
         let session = conn.stomp.as_mut().expect("a STOMP connection");
-        let waiting = session.write_ready_receipts(&mut conn.out);
+        let waiting = session.requests.flush(&mut conn.out);
         let close = session.disconnecting && !waiting;
         self.dirty_conns.push(slot);
         if close {
@@ -468,7 +468,7 @@ impl Shard {
     /// A destination owner's answer to one of a session's requests.
     pub fn on_stomp_reply(&mut self, to: ReplyTo, kind: ReplyKind) {
         let slot = to.slot;
-        let Some(then) = self.session(slot).pending.remove(&to.request_id) else { return };
+        let Some(then) = self.session(slot).requests.answer(to.request_id) else { return };
         if let ReplyKind::Error { message, .. } = kind {
             return self.stomp_fail(slot, &message, None);
         }
@@ -480,14 +480,14 @@ impl Shard {
                 let session = conn.stomp.as_mut().expect("a STOMP connection");
                 if session.subs.contains_key(&id) {
                     conn.consumers.insert(id, queue.clone());
-                    session.pending.insert(to.request_id, Pending::Done);
+                    session.requests.reissue(to.request_id, Pending::Done);
                     let key = SubKey { shard: self.id, slot, generation: to.generation, id };
                     let owner = self.queue_owner(&queue);
                     self.route(owner, Event::Consume { reply: to, queue, key, credit });
                 }
             }
             Pending::Cancelled { delete: Some(queue) } => {
-                self.session(slot).pending.insert(to.request_id, Pending::Done);
+                self.session(slot).requests.reissue(to.request_id, Pending::Done);
                 let owner = self.queue_owner(&queue);
                 self.route(owner, Event::DeleteQueue { reply: to, name: queue, force: false });
             }
@@ -495,7 +495,7 @@ impl Shard {
         self.stomp_flush_receipts(slot);
         let conn = self.conns[slot as usize].as_mut().expect("live");
         let session = conn.stomp.as_ref().expect("a STOMP connection");
-        if conn.paused && session.pending.len() <= REQUEST_WINDOW / 2 && !conn.closing {
+        if conn.paused && session.requests.len() <= REQUEST_WINDOW / 2 && !conn.closing {
             conn.paused = false;
             self.stomp_parse(slot);
             self.resume_recv(slot);

@@ -9,7 +9,6 @@
 //! has been answered, so a receipt for a SEND means the message is confirmed (on disk for a
 //! durable queue), and a receipt for DISCONNECT means everything before it was processed.
 
-use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
@@ -21,6 +20,7 @@ use super::send::Send;
 use super::subscribe::AckMode;
 use super::{put_escaped, Command};
 use crate::conn::SubState;
+use crate::gateway::ordered::Requests;
 
 /// Requests (SENDs, subscriptions, acks with receipts) a session may have unanswered before
 /// it stops reading its socket: bounds what one STOMP publisher can queue inside the server.
@@ -98,11 +98,8 @@ pub struct Session {
     pub ids: FxHashMap<String, u32>,
     pub subs: FxHashMap<u32, Sub>,
     next_id: u32,
-    next_request: u64,
-    /// Unanswered requests by request id, in issue order.
-    pub pending: BTreeMap<u64, Pending>,
-    /// Receipts waiting for every request up to and including their id to be answered.
-    receipts: VecDeque<(u64, String)>,
+    /// Requests awaiting answers, and the receipts waiting behind them.
+    pub requests: Requests<Pending>,
     pub transactions: FxHashMap<String, Vec<TxOp>>,
     /// Numbers topic messages (queue messages are named by consumer and delivery tag).
     topic_seq: u64,
@@ -121,9 +118,7 @@ impl Session {
             ids: FxHashMap::default(),
             subs: FxHashMap::default(),
             next_id: 1,
-            next_request: 1,
-            pending: BTreeMap::new(),
-            receipts: VecDeque::new(),
+            requests: Requests::default(),
             transactions: FxHashMap::default(),
             topic_seq: 0,
         }
@@ -141,32 +136,13 @@ impl Session {
         id
     }
 
-    /// Issues a request id and remembers what to do with its answer.
-    pub fn request(&mut self, then: Pending) -> u64 {
-        let id = self.next_request;
-        self.next_request += 1;
-        self.pending.insert(id, then);
-        id
-    }
-
     /// Queues a receipt behind every request issued so far.
-    pub fn receipt_after_pending(&mut self, receipt: String) {
-        self.receipts.push_back((self.next_request - 1, receipt));
-    }
-
-    /// Writes the receipts whose requests are all answered; returns whether any remain.
-    pub fn write_ready_receipts(&mut self, out: &mut Vec<u8>) -> bool {
-        let first_pending = self.pending.keys().next().copied().unwrap_or(u64::MAX);
-        while let Some((after, _)) = self.receipts.front() {
-            if *after >= first_pending {
-                break;
-            }
-            let (_, id) = self.receipts.pop_front().expect("checked");
-            self.write_frame_start(out, Command::Receipt);
-            self.write_header(out, "receipt-id", &id);
-            out.extend_from_slice(b"\n\0");
-        }
-        !self.receipts.is_empty()
+    pub fn receipt_after_pending(&mut self, receipt: &str) {
+        let mut out = Vec::new();
+        self.write_frame_start(&mut out, Command::Receipt);
+        self.write_header(&mut out, "receipt-id", receipt);
+        out.extend_from_slice(b"\n\0");
+        self.requests.after_pending(out);
     }
 
     fn write_frame_start(&self, out: &mut Vec<u8>, cmd: Command) {
@@ -380,24 +356,17 @@ mod tests {
     }
 
     #[test]
-    fn receipts_wait_for_every_earlier_request() {
+    fn receipts_are_receipt_frames_in_order() {
         let mut s = connected("1.2");
-        let a = s.request(Pending::Done);
-        s.receipt_after_pending("r1".into());
-        let b = s.request(Pending::Done);
-        s.receipt_after_pending("r2".into());
+        let a = s.requests.issue(Pending::Done);
+        s.receipt_after_pending("r:1");
+        s.receipt_after_pending("r2");
         let mut out = Vec::new();
-        s.pending.remove(&b);
-        assert!(s.write_ready_receipts(&mut out), "r1 still waits for a");
-        assert!(out.is_empty(), "r2 must not overtake r1");
-        s.pending.remove(&a);
-        assert!(!s.write_ready_receipts(&mut out));
+        assert!(s.requests.flush(&mut out));
+        s.requests.answer(a);
+        assert!(!s.requests.flush(&mut out));
         let text = String::from_utf8(out).unwrap();
-        assert_eq!(text, "RECEIPT\nreceipt-id:r1\n\n\0RECEIPT\nreceipt-id:r2\n\n\0");
-        s.receipt_after_pending("r3".into());
-        let mut out = Vec::new();
-        assert!(!s.write_ready_receipts(&mut out), "nothing pending: at once");
-        assert!(!out.is_empty());
+        assert_eq!(text, "RECEIPT\nreceipt-id:r\\c1\n\n\0RECEIPT\nreceipt-id:r2\n\n\0");
     }
 
     #[test]
