@@ -26,6 +26,8 @@ pub struct StoredSub {
     pub qos: u8,
     #[serde(default)]
     pub no_local: bool,
+    #[serde(default)]
+    pub retain_as_published: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +36,10 @@ pub struct StoredSession {
     /// Seconds the session outlives its connection; `u32::MAX` = forever.
     pub expiry_s: u32,
     pub subs: Vec<StoredSub>,
+    /// QoS 2 messages released (PUBREL sent) but not completed when the connection closed:
+    /// PUBREL is sent again on the next connection (MQTT-4.4.0-1).
+    #[serde(default)]
+    pub pubrel: Vec<u16>,
     /// The durable queue holding its messages (a new name for every new session, so a
     /// discarded session's queue can be deleted while its successor's is being created).
     #[serde(default)]
@@ -156,7 +162,13 @@ mod tests {
         let s = StoredSession {
             client_id: "c1".into(),
             expiry_s: 60,
-            subs: vec![StoredSub { filter: "a/+".into(), qos: 1, no_local: false }],
+            subs: vec![StoredSub {
+                filter: "a/+".into(),
+                qos: 1,
+                no_local: false,
+                retain_as_published: false,
+            }],
+            pubrel: vec![],
             queue: Some("mqtt.session.c1.1".into()),
         };
         r.clients.insert("c1".into(), Client { session: Some(s), ..Client::default() });

@@ -16,9 +16,9 @@ use rdmq_client::wire::record::{BatchBuilder, BatchView, RecordMeta};
 
 use super::registry::{Registry, StoredSession, StoredSub};
 use super::session::{
-    message_qos, Backing, Outbound, Pending, Send, Session, Sub, WillMsg, CONTENT_TYPE_HEADER,
-    DEFAULT_RECEIVE_MAXIMUM, PAYLOAD_FORMAT_HEADER, QOS_HEADER, REQUEST_WINDOW,
-    TOPIC_ALIAS_MAXIMUM, TOPIC_HEADER,
+    expired, header, message_qos, Backing, Outbound, Pending, Send, Session, Sub, WillMsg,
+    CONTENT_TYPE_HEADER, DEFAULT_RECEIVE_MAXIMUM, ORIGIN_HEADER, PAYLOAD_FORMAT_HEADER, QOS_HEADER,
+    REQUEST_WINDOW, RETAIN_HEADER, TOPIC_ALIAS_MAXIMUM, TOPIC_HEADER,
 };
 use super::subscribe::RetainHandling;
 use super::{
@@ -38,13 +38,25 @@ pub enum MqttEvent {
     /// To home: this connection wants the client id.
     Claim { reply: ReplyTo, client_id: Arc<str>, clean_start: bool, expiry_s: u32 },
     /// To the connection: the client id is yours; `queue` is the persistent session's queue.
-    Claimed { to: ReplyTo, present: bool, queue: Option<String>, subs: Vec<StoredSub> },
+    Claimed {
+        to: ReplyTo,
+        present: bool,
+        queue: Option<String>,
+        subs: Vec<StoredSub>,
+        pubrel: Vec<u16>,
+    },
     /// To a connection whose client id was taken by a newer connection.
     Kick { slot: u32, generation: u32 },
     /// To home: a persistent session's subscriptions changed.
     SaveSubs { client_id: Arc<str>, holder: ReplyTo, subs: Vec<StoredSub> },
     /// To home: a connection holding `client_id` closed.
-    Left { client_id: Arc<str>, conn: ReplyTo, will: Option<WillMsg>, expiry_s: u32 },
+    Left {
+        client_id: Arc<str>,
+        conn: ReplyTo,
+        will: Option<WillMsg>,
+        expiry_s: u32,
+        pubrel: Vec<u16>,
+    },
     /// To home: set (or clear, `None`) the retained message of a native topic.
     Retain { topic: String, batch: Option<Arc<[u8]>> },
     /// To home: the retained messages matching an MQTT filter.
@@ -160,6 +172,13 @@ impl Shard {
     /// the close.
     fn mqtt_refuse_connect(&mut self, slot: u32, version: Option<Version>, e: &MqttError) {
         let Some(conn) = self.conns[slot as usize].as_mut() else { return };
+        // A protocol level this server does not speak: the 3.1.1 answer, return code 1
+        // (MQTT-3.1.2-2), which clients of every version understand.
+        let unknown_level = matches!(
+            e,
+            MqttError::UnsupportedProtocolVersion { name, .. } if name == "MQTT" || name == "MQIsdp"
+        );
+        let version = version.or(unknown_level.then_some(Version::V311));
         if let Some(v) = version {
             let code = if v.is_v5() { Some(e.reason_code()) } else { e.connack_code(v) };
             if let Some(code) = code {
@@ -222,7 +241,7 @@ impl Shard {
                     let e = MqttError::TopicNameInvalid(format!("will topic {:?}", w.topic));
                     return self.mqtt_refuse_connect(slot, Some(v), &e);
                 };
-                let batch = record_batch(&w.payload, w.qos, &w.properties);
+                let batch = record_batch(&w.payload, w.qos, w.retain, &client_id, &w.properties);
                 let delay_s = w.properties.will_delay_interval.unwrap_or(0);
                 Some(WillMsg { topic: native, batch: batch.into(), retain: w.retain, delay_s })
             }
@@ -258,6 +277,7 @@ impl Shard {
         present: bool,
         queue: Option<String>,
         subs: Vec<StoredSub>,
+        pubrel: Vec<u16>,
     ) {
         let slot = to.slot;
         let Some(conn) = self.conn(slot, to.generation) else { return };
@@ -282,6 +302,12 @@ impl Shard {
         }
         ConnAck { session_present: present, code: reason::SUCCESS, properties }
             .encode(v, &mut conn.out);
+        // QoS 2 messages released on the last connection and not completed: PUBREL again.
+        for packet_id in pubrel {
+            session.outbound.insert(packet_id, Outbound::Free { qos2_released: true });
+            let rel = super::PubRel { packet_id, reason: 0, properties: Properties::default() };
+            rel.encode(v, &mut conn.out);
+        }
         self.dirty_conns.push(slot);
         if let Some(queue) = queue {
             let session = self.mqtt(slot);
@@ -309,6 +335,7 @@ impl Shard {
                     match_filter,
                     qos,
                     no_local: s.no_local,
+                    retain_as_published: s.retain_as_published,
                     backing,
                 });
             }
@@ -417,7 +444,6 @@ impl Shard {
                     }
                     session.expiry_s = e;
                 }
-                session.clean_exit = true;
                 self.close_conn_with(slot, true);
                 Ok(())
             }
@@ -477,7 +503,8 @@ impl Shard {
             .filter(|n| n.len() <= 255 && pattern::validate_topic(n).is_ok())
             .ok_or_else(|| Fail::new(reason::TOPIC_NAME_INVALID, format!("topic {:?}", p.topic)))?;
         metrics::add(&self.metrics.published, 1);
-        let batch = record_batch(&p.payload, p.qos, &p.properties);
+        let origin = self.mqtt(slot).client_id.clone();
+        let batch = record_batch(&p.payload, p.qos, p.retain, &origin, &p.properties);
         if p.retain {
             let ev = MqttEvent::Retain {
                 topic: native.clone(),
@@ -591,11 +618,13 @@ impl Shard {
                 };
                 let session = self.mqtt(slot);
                 let no_local = sub.options.no_local;
+                let retain_as_published = sub.options.retain_as_published;
                 session.subs.push(Sub {
                     filter: sub.filter.clone(),
                     match_filter: match_filter.clone(),
                     qos,
                     no_local,
+                    retain_as_published,
                     backing,
                 });
             }
@@ -681,7 +710,12 @@ impl Shard {
         let subs = session
             .subs
             .iter()
-            .map(|s| StoredSub { filter: s.filter.clone(), qos: s.qos as u8, no_local: s.no_local })
+            .map(|s| StoredSub {
+                filter: s.filter.clone(),
+                qos: s.qos as u8,
+                no_local: s.no_local,
+                retain_as_published: s.retain_as_published,
+            })
             .collect();
         let client_id = session.client_id.clone();
         let holder = self.mqtt_reply_to(slot, 0);
@@ -764,6 +798,20 @@ impl Shard {
                 settle_now.push(m.tag); // no MQTT spelling, or no subscription matches any more
                 continue;
             };
+            // No Local and Retain As Published, from the subscriptions this message matched.
+            let matching: Vec<&Sub> = match &shared {
+                Some(s) => vec![s],
+                None => {
+                    session.subs.iter().filter(|s| topic::matches(&s.match_filter, &t)).collect()
+                }
+            };
+            let from_self = header(rec, ORIGIN_HEADER) == Some(&*session.client_id);
+            if from_self && matching.iter().any(|s| s.no_local) {
+                settle_now.push(m.tag);
+                continue;
+            }
+            let retain = header(rec, RETAIN_HEADER).is_some()
+                && matching.iter().any(|s| s.retain_as_published);
             let qos = granted.min(message_qos(rec));
             let packet_id = match qos {
                 Qos::AtMostOnce => None,
@@ -774,7 +822,7 @@ impl Shard {
                     qos2_released: false,
                 }),
             };
-            let how = Send { qos, packet_id, dup: m.redelivered, retain: false };
+            let how = Send { qos, packet_id, dup: m.redelivered, retain };
             let p = session.publish_packet(&t, rec, how, now_us);
             if p.len() > session.max_packet {
                 if let Some(id) = packet_id {
@@ -891,12 +939,27 @@ impl Shard {
             return;
         }
         session.claimed = false;
-        let will = if session.clean_exit { None } else { session.will.take() };
+        // DISCONNECT dropped the will unless its reason asked for it (0x04).
+        let will = session.will.take();
+        let mut pubrel: Vec<u16> = session
+            .outbound
+            .iter()
+            .filter(|(_, o)| {
+                matches!(
+                    o,
+                    Outbound::Free { qos2_released: true }
+                        | Outbound::Queued { qos2_released: true, .. }
+                )
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        pubrel.sort_unstable();
         let ev = MqttEvent::Left {
             client_id: session.client_id.clone(),
             conn: reply,
             will,
             expiry_s: session.expiry_s,
+            pubrel,
         };
         let home = self.mqtt_home();
         self.route(home, Event::Mqtt(Box::new(ev)));
@@ -957,23 +1020,31 @@ pub fn apply(s: &mut Shard, ev: MqttEvent) {
                     client_id: client_id.to_string(),
                     expiry_s,
                     subs: Vec::new(),
+                    pubrel: Vec::new(),
                     queue: Some(queue),
                 });
             }
             if let Some(sess) = entry.session.as_mut() {
                 sess.expiry_s = expiry_s;
             }
-            let (queue, subs) = match &entry.session {
-                Some(sess) => (Some(session_queue_of(sess)), sess.subs.clone()),
-                None => (None, Vec::new()),
+            let (queue, subs, pubrel) = match entry.session.as_mut() {
+                Some(sess) if present && !clean_start => (
+                    Some(session_queue_of(sess)),
+                    sess.subs.clone(),
+                    std::mem::take(&mut sess.pubrel),
+                ),
+                Some(sess) => (Some(session_queue_of(sess)), sess.subs.clone(), Vec::new()),
+                None => (None, Vec::new(), Vec::new()),
             };
             if let Err(e) = s.mqtt_registry.save_sessions() {
                 eprintln!("rdmq: mqtt: cannot save sessions: {e}");
             }
-            let ev = MqttEvent::Claimed { to: reply, present, queue, subs };
+            let ev = MqttEvent::Claimed { to: reply, present, queue, subs, pubrel };
             s.route(reply.shard as usize, Event::Mqtt(Box::new(ev)));
         }
-        MqttEvent::Claimed { to, present, queue, subs } => s.mqtt_claimed(to, present, queue, subs),
+        MqttEvent::Claimed { to, present, queue, subs, pubrel } => {
+            s.mqtt_claimed(to, present, queue, subs, pubrel)
+        }
         MqttEvent::Kick { slot, generation } => {
             let Some(conn) = s.conn(slot, generation) else { return };
             if conn.closing {
@@ -1003,7 +1074,7 @@ pub fn apply(s: &mut Shard, ev: MqttEvent) {
                 }
             }
         }
-        MqttEvent::Left { client_id, conn, will, expiry_s } => {
+        MqttEvent::Left { client_id, conn, will, expiry_s, pubrel } => {
             s.mqtt_registry_ready();
             let now = s.now_ms;
             let mut end = false;
@@ -1014,6 +1085,7 @@ pub fn apply(s: &mut Shard, ev: MqttEvent) {
                         None => end = true,
                         Some(sess) => {
                             sess.expiry_s = expiry_s;
+                            sess.pubrel = pubrel;
                             match expiry_s {
                                 0 => end = true,
                                 u32::MAX => {}
@@ -1042,10 +1114,15 @@ pub fn apply(s: &mut Shard, ev: MqttEvent) {
         }
         MqttEvent::RetainedFor { reply, filter } => {
             s.mqtt_registry_ready();
+            let now_us = crate::broker::wall_clock_ms() * 1000;
             let msgs = s
                 .mqtt_registry
                 .retained
                 .iter()
+                .filter(|(_, b)| {
+                    let rec = BatchView::trusted(b).records().next().map(|(_, r)| r.bytes);
+                    !rec.is_some_and(|r| expired(r, now_us))
+                })
                 .filter_map(|(native, b)| {
                     let t = topic::from_native_topic(native).ok()?;
                     (topic::matches(&filter, &t) && !topic::dollar_hidden(&filter, &t))
@@ -1101,9 +1178,13 @@ fn shared_queue(group: &str, filter: &str) -> String {
 /// One record for an MQTT message: payload, the publisher's QoS, and 5.0's properties
 /// (user properties as headers, content type, response topic as reply-to, correlation data,
 /// message expiry as TTL).
-fn record_batch(payload: &[u8], qos: Qos, p: &Properties) -> Vec<u8> {
-    let mut headers: Vec<(String, String)> = Vec::with_capacity(1 + p.user_properties.len());
+fn record_batch(payload: &[u8], qos: Qos, retain: bool, origin: &str, p: &Properties) -> Vec<u8> {
+    let mut headers: Vec<(String, String)> = Vec::with_capacity(3 + p.user_properties.len());
     headers.push((QOS_HEADER.to_string(), (qos as u8).to_string()));
+    headers.push((ORIGIN_HEADER.to_string(), origin.to_string()));
+    if retain {
+        headers.push((RETAIN_HEADER.to_string(), "1".to_string()));
+    }
     if let Some(ct) = &p.content_type {
         headers.push((CONTENT_TYPE_HEADER.to_string(), ct.clone()));
     }

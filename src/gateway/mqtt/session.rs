@@ -20,6 +20,12 @@ use crate::gateway::ordered::Requests;
 
 /// Record headers the gateway writes next to MQTT's own fields.
 pub const QOS_HEADER: &str = "mqtt-qos";
+/// Set when the message was published with RETAIN (for Retain As Published).
+pub const RETAIN_HEADER: &str = "mqtt-retain";
+/// The publishing client's id (for No Local).
+pub const ORIGIN_HEADER: &str = "mqtt-origin";
+/// Record headers starting with this are the gateway's own and are not user properties.
+pub const INTERNAL_PREFIX: &str = "mqtt-";
 pub const PAYLOAD_FORMAT_HEADER: &str = "mqtt-payload-format";
 /// The topic a message copied into a queue by a binding was published to.
 pub const TOPIC_HEADER: &str = "rdmq-topic";
@@ -53,6 +59,7 @@ pub struct Sub {
     pub match_filter: String,
     pub qos: Qos,
     pub no_local: bool,
+    pub retain_as_published: bool,
     pub backing: Backing,
 }
 
@@ -97,8 +104,6 @@ pub struct Session {
     pub max_packet: usize,
     /// The will, dropped on a normal DISCONNECT.
     pub will: Option<WillMsg>,
-    /// DISCONNECT received: the close is normal.
-    pub clean_exit: bool,
     /// The home shard knows this connection holds the client id (so tell it when it closes).
     pub claimed: bool,
     /// A client id the server made up for an empty one (5.0 sends it back in CONNACK).
@@ -142,7 +147,6 @@ impl Session {
             receive_maximum: DEFAULT_RECEIVE_MAXIMUM,
             max_packet: usize::MAX,
             will: None,
-            clean_exit: false,
             claimed: false,
             assigned_id: None,
             session_queue: None,
@@ -211,9 +215,10 @@ impl Session {
         let mut properties = Properties::default();
         for (k, v) in r.headers() {
             match k {
-                QOS_HEADER | TOPIC_HEADER => {}
                 PAYLOAD_FORMAT_HEADER => properties.payload_format_indicator = v.parse().ok(),
                 CONTENT_TYPE_HEADER => properties.content_type = Some(v.to_string()),
+                TOPIC_HEADER => {}
+                _ if k.starts_with(INTERNAL_PREFIX) => {}
                 _ => properties.user_properties.push((k.to_string(), v.to_string())),
             }
         }
@@ -262,6 +267,7 @@ impl Session {
             };
             let sub_qos = sub.qos;
             let match_filter = sub.match_filter.clone();
+            let (no_local, rap) = (sub.no_local, sub.retain_as_published);
             while out.len() < high_water && !state.pending.is_empty() {
                 let needs_window = sub_qos != Qos::AtMostOnce;
                 if needs_window && !self.window_open() {
@@ -270,15 +276,18 @@ impl Session {
                 let msg = state.pending.pop_front().expect("checked");
                 let native = state.topics.pop_front().expect("in step with pending");
                 let Ok(mqtt_topic) = topic::from_native_topic(&native) else { continue };
-                if topic::dollar_hidden(&match_filter, &mqtt_topic) {
+                if topic::dollar_hidden(&match_filter, &mqtt_topic)
+                    || (no_local && header(msg.bytes(), ORIGIN_HEADER) == Some(&*self.client_id))
+                {
                     continue;
                 }
+                let retain = rap && header(msg.bytes(), RETAIN_HEADER).is_some();
                 let qos = sub_qos.min(message_qos(msg.bytes()));
                 let packet_id = match qos {
                     Qos::AtMostOnce => None,
                     _ => self.take_packet_id(Outbound::Free { qos2_released: false }),
                 };
-                let how = Send { qos, packet_id, dup: false, retain: false };
+                let how = Send { qos, packet_id, dup: false, retain };
                 let p = self.publish_packet(&mqtt_topic, msg.bytes(), how, now_us);
                 if p.len() > self.max_packet {
                     if let Some(id) = packet_id {
@@ -323,11 +332,21 @@ pub struct Send {
     pub retain: bool,
 }
 
+/// The value of record header `key`, if present.
+pub fn header<'a>(rec: &'a [u8], key: &str) -> Option<&'a str> {
+    RecordView::trusted(rec).headers().find(|(k, _)| *k == key).map(|(_, v)| v)
+}
+
+/// Whether a message with a TTL has outlived it (`now_us` on the wall clock).
+pub fn expired(rec: &[u8], now_us: u64) -> bool {
+    let r = RecordView::trusted(rec);
+    r.header.ttl_ms > 0 && r.header.timestamp_us + r.header.ttl_ms as u64 * 1000 <= now_us
+}
+
 /// The QoS a record was published with (`mqtt-qos`); messages from other protocols count as
 /// QoS 1: they were confirmed to their publisher.
 pub fn message_qos(rec: &[u8]) -> Qos {
-    let r = RecordView::trusted(rec);
-    match r.headers().find(|(k, _)| *k == QOS_HEADER).map(|(_, v)| v) {
+    match header(rec, QOS_HEADER) {
         Some("0") => Qos::AtMostOnce,
         Some("2") => Qos::ExactlyOnce,
         _ => Qos::AtLeastOnce,
