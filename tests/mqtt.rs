@@ -426,6 +426,17 @@ fn persistent_sessions_keep_messages_across_reconnect_and_kill_9() {
         drop(s);
         let (mut s, present, _) = persistent(&server);
         assert!(present);
+        // The released QoS 2 message is completed first: PUBREL again (MQTT-4.4.0-1).
+        let q2 = got[1].packet_id.unwrap();
+        match s.expect() {
+            Packet::PubRel(r) => assert_eq!(r.packet_id, q2),
+            other => panic!("expected PUBREL {q2}, got {other:?}"),
+        }
+        s.send(&Packet::PubComp(PubComp {
+            packet_id: q2,
+            reason: 0,
+            properties: Properties::default(),
+        }));
         let again = s.expect_publish();
         assert_eq!((again.payload.as_slice(), again.dup), (&b"q1b"[..], true));
         s.puback(&again);
