@@ -57,8 +57,11 @@ pub enum MqttEvent {
         expiry_s: u32,
         pubrel: Vec<u16>,
     },
-    /// To home: set (or clear, `None`) the retained message of a native topic.
-    Retain { topic: String, batch: Option<Arc<[u8]>> },
+    /// To home: set (or clear, `None`) the retained message of a native topic; `reply` hears
+    /// OK once it is stored (a QoS 1/2 publisher's acknowledgement waits for it).
+    Retain { topic: String, batch: Option<Arc<[u8]>>, reply: Option<ReplyTo> },
+    /// To a connection: PUBREL again for these packet ids (its predecessor released them).
+    Resend { to: ReplyTo, pubrel: Vec<u16> },
     /// To home: the retained messages matching an MQTT filter.
     RetainedFor { reply: ReplyTo, filter: String },
     /// To the connection: the answer (MQTT topic, one-record batch).
@@ -506,9 +509,16 @@ impl Shard {
         let origin = self.mqtt(slot).client_id.clone();
         let batch = record_batch(&p.payload, p.qos, p.retain, &origin, &p.properties);
         if p.retain {
+            // Acknowledged (below, in order) only once the retained message is stored, so a
+            // subscriber that comes after the PUBACK finds it.
+            let reply = (p.qos != Qos::AtMostOnce).then(|| {
+                let request = self.mqtt(slot).requests.issue(Pending::Done);
+                self.mqtt_reply_to(slot, request)
+            });
             let ev = MqttEvent::Retain {
                 topic: native.clone(),
                 batch: (!p.payload.is_empty()).then(|| Arc::from(batch.as_slice())),
+                reply,
             };
             let home = self.mqtt_home();
             self.route(home, Event::Mqtt(Box::new(ev)));
@@ -1078,6 +1088,12 @@ pub fn apply(s: &mut Shard, ev: MqttEvent) {
             s.mqtt_registry_ready();
             let now = s.now_ms;
             let mut end = false;
+            // Taken over before this close arrived: the new connection resends PUBREL.
+            let newer = s.mqtt_registry.clients.get(&client_id).and_then(|c| c.holder);
+            if let Some(h) = newer.filter(|h| *h != conn && !pubrel.is_empty()) {
+                let ev = MqttEvent::Resend { to: h, pubrel: pubrel.clone() };
+                s.route(h.shard as usize, Event::Mqtt(Box::new(ev)));
+            }
             if let Some(c) = s.mqtt_registry.clients.get_mut(&client_id) {
                 if c.holder == Some(conn) {
                     c.holder = None;
@@ -1108,9 +1124,25 @@ pub fn apply(s: &mut Shard, ev: MqttEvent) {
                 }
             }
         }
-        MqttEvent::Retain { topic, batch } => {
+        MqttEvent::Retain { topic, batch, reply } => {
             s.mqtt_registry_ready();
             s.mqtt_set_retained(topic, batch);
+            if let Some(to) = reply {
+                s.reply(to, ReplyKind::Ok);
+            }
+        }
+        MqttEvent::Resend { to, pubrel } => {
+            let Some(conn) = s.conn(to.slot, to.generation) else { return };
+            let Some(session) = conn.mqtt.as_mut().filter(|m| m.connected) else { return };
+            if conn.closing {
+                return;
+            }
+            for packet_id in pubrel {
+                session.outbound.insert(packet_id, Outbound::Free { qos2_released: true });
+                let rel = super::PubRel { packet_id, reason: 0, properties: Properties::default() };
+                rel.encode(session.version, &mut conn.out);
+            }
+            s.dirty_conns.push(to.slot);
         }
         MqttEvent::RetainedFor { reply, filter } => {
             s.mqtt_registry_ready();
