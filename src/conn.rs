@@ -81,6 +81,9 @@ pub struct Conn {
     pub mqtt: Option<Box<crate::gateway::mqtt::session::Session>>,
     /// Input is not being parsed until outstanding requests drain (a gateway's send window).
     pub paused: bool,
+    /// Acknowledgements a gateway holds back while the output is above its high-water mark
+    /// (`Shard::settle_when_written`).
+    pub deferred_settles: Vec<(crate::broker::SubKey, Arc<str>, Vec<u64>)>,
 }
 
 impl Conn {
@@ -105,6 +108,7 @@ impl Conn {
             stomp: None,
             mqtt: None,
             paused: false,
+            deferred_settles: Vec::new(),
         }
     }
 

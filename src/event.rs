@@ -47,6 +47,9 @@ pub enum Event {
         queue: Arc<str>,
         batch: Arc<[u8]>,
         count: u32,
+        /// A copy into a bound queue: if the queue is full the copy is dropped (counted in
+        /// `topic_dropped`) and the topic publish still succeeds.
+        bound: bool,
     },
     DeadLetter {
         queue: Arc<str>,

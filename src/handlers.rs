@@ -244,6 +244,7 @@ impl Shard {
                         queue,
                         batch,
                         count: p.batch.count,
+                        bound: false,
                     },
                 );
             }
@@ -445,7 +446,8 @@ impl Shard {
         for queue in queues {
             let owner = self.queue_owner(&queue);
             let confirm = join.is_some();
-            let ev = Event::Publish { reply: join, confirm, queue, batch: batch.clone(), count };
+            let batch = batch.clone();
+            let ev = Event::Publish { reply: join, confirm, queue, batch, count, bound: true };
             self.route(owner, ev);
         }
         n
@@ -556,7 +558,7 @@ pub fn apply(s: &mut Shard, ev: Event) {
             };
             s.reply(reply, kind);
         }
-        Event::Publish { reply, confirm, queue, batch, count } => {
+        Event::Publish { reply, confirm, queue, batch, count, bound } => {
             let now = s.now_ms;
             let answer = |s: &mut Shard, kind| {
                 if let Some(to) = reply {
@@ -583,6 +585,18 @@ pub fn apply(s: &mut Shard, ev: Event) {
                     let held =
                         Held { end_seq: position + count as u64, reply: to, position, count };
                     s.hold_confirm(&queue, held);
+                }
+                (
+                    Err(
+                        crate::broker::queue::QueueError::Full { .. }
+                        | crate::broker::queue::QueueError::FullBytes { .. },
+                    ),
+                    _,
+                ) if bound => {
+                    // A durable subscriber that fell this far behind loses the copy, as a slow
+                    // topic subscriber does; the publisher is not failed for it.
+                    metrics::add(&s.metrics.topic_dropped, count as u64);
+                    answer(s, ReplyKind::Ok)
                 }
                 (
                     Err(
@@ -846,7 +860,7 @@ fn name_of(cmd: &Command<'_>) -> &'static str {
     }
 }
 
-/// The batch with header `rdmq-topic: <topic>` added to every record that has none. Only topic
+/// The batch with header `rdmq-topic: <topic>` set on every record. Only topic
 /// publishes copied into bound queues pay for this copy.
 fn stamp_topic(batch: &[u8], topic: &str) -> Vec<u8> {
     use rdmq_client::wire::record::{BatchBuilder, RecordMeta};
@@ -854,11 +868,13 @@ fn stamp_topic(batch: &[u8], topic: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(batch.len() + 64);
     let mut b = BatchBuilder::begin(&mut out);
     for (_, r) in BatchView::trusted(batch).records() {
-        let mut headers: Vec<(String, String)> =
-            r.headers().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        if !headers.iter().any(|(k, _)| k == TOPIC_HEADER) {
-            headers.push((TOPIC_HEADER.to_string(), topic.to_string()));
-        }
+        // The server's word on the topic replaces any header a client set under that name.
+        let mut headers: Vec<(String, String)> = r
+            .headers()
+            .filter(|(k, _)| *k != TOPIC_HEADER)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        headers.push((TOPIC_HEADER.to_string(), topic.to_string()));
         let meta = RecordMeta {
             id: r.header.id,
             timestamp_us: r.header.timestamp_us,

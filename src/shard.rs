@@ -704,6 +704,32 @@ impl Shard {
         };
         let delivered = conn.pump(high_water);
         metrics::add(&self.metrics.delivered, delivered as u64);
+        if !conn.deferred_settles.is_empty() && conn.out.len() < high_water {
+            for (key, queue, tags) in std::mem::take(&mut conn.deferred_settles) {
+                self.settle_acks(key, queue, tags);
+            }
+        }
+    }
+
+    /// Acknowledges deliveries a gateway settles on its own (STOMP `ack:auto`, MQTT QoS 0)
+    /// once they are written, but not while the connection's output is above its high-water
+    /// mark: held back, they keep the consumer's credit used, so a client that stops reading
+    /// stalls its consumer instead of growing the server's buffers.
+    pub fn settle_when_written(&mut self, key: SubKey, queue: Arc<str>, tags: Vec<u64>) {
+        let high_water = self.cfg.conn_output_high_water;
+        let Some(conn) = self.conns[key.slot as usize].as_mut() else { return };
+        if conn.out.len() >= high_water {
+            conn.deferred_settles.push((key, queue, tags));
+        } else {
+            self.settle_acks(key, queue, tags);
+        }
+    }
+
+    fn settle_acks(&mut self, key: SubKey, queue: Arc<str>, tags: Vec<u64>) {
+        let owner = self.queue_owner(&queue);
+        let op = crate::broker::queue::Settle::Ack;
+        let ev = Event::Settle { reply: None, queue, key, op, multiple: false, tags };
+        self.route(owner, ev);
     }
 
     /// Queues topic messages for one subscription, applying the slow-subscriber policy.

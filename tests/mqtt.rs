@@ -641,6 +641,27 @@ fn malformed_packets_close_the_connection_and_cost_nothing_else() {
             "{what}: {got:?}"
         );
     }
+    // Packets whose error has no DISCONNECT reason code of its own (AUTH, a second CONNECT
+    // with an unknown level): DISCONNECT 0x82, and the server lives on.
+    for tail in [vec![0xf0u8, 0x00], vec![0x10, 10, 0, 4, b'M', b'Q', b'T', b'T', 9, 2, 0, 60]] {
+        let mut c = Mqtt::raw(&server, Version::V5);
+        c.s.write_all(&[connect5.clone(), tail].concat()).unwrap();
+        let got = c.until_closed();
+        assert!(
+            matches!(got.last(), Some(Packet::Disconnect(d)) if d.reason == reason::PROTOCOL_ERROR),
+            "{got:?}"
+        );
+    }
+    // Extended authentication is refused at CONNECT with 0x8C.
+    let mut auth = connect_packet(Version::V5, "auth", true);
+    auth.properties.authentication_method = Some("SCRAM-SHA-1".into());
+    let mut c = Mqtt::raw(&server, Version::V5);
+    c.send(&Packet::Connect(Box::new(auth)));
+    let got = c.until_closed();
+    assert!(
+        matches!(got.as_slice(), [Packet::ConnAck(a)] if a.code == reason::BAD_AUTHENTICATION_METHOD),
+        "{got:?}"
+    );
     // Still serving, both gateways and the native protocol.
     let mut ok = Mqtt::open(&server, Version::V311, "after");
     ok.subscribe("still/here", Qos::AtLeastOnce);

@@ -178,6 +178,22 @@ fn each_version_connects_and_round_trips_binary_bodies() {
         assert_eq!(m.get("subscription"), Some("s1"));
         assert!(m.get("message-id").is_some());
     }
+    // A STOMP frame without `host` (stomp.py's default connection) is accepted.
+    let mut c = Stomp::raw(&server);
+    c.send(&Frame::new(Command::Stomp).header("accept-version", "1.1"));
+    assert_eq!(c.expect(Command::Connected).get("version"), Some("1.1"));
+    // A 1.2 header with an EOL reaches a 1.0 subscriber as one header, not an early body.
+    let (mut old, _) = Stomp::open_version(&server, "1.0", &[]);
+    old.subscribe("s", "/queue/to-1-0", "auto");
+    let mut new = Stomp::open(&server);
+    new.send(
+        &Frame::new(Command::Send)
+            .header("destination", "/queue/to-1-0")
+            .header("note", "a\n\nINJECTED")
+            .body("real"),
+    );
+    let m = old.expect(Command::Message);
+    assert_eq!((m.get("note"), m.body.as_slice()), (Some("a  INJECTED"), &b"real"[..]));
     // Nothing in common: an ERROR naming both sides, then the close.
     let mut c = Stomp::raw(&server);
     c.send(&Frame::new(Command::Connect).header("accept-version", "2.0"));

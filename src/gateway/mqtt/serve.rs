@@ -183,7 +183,13 @@ impl Shard {
         );
         let version = version.or(unknown_level.then_some(Version::V311));
         if let Some(v) = version {
-            let code = if v.is_v5() { Some(e.reason_code()) } else { e.connack_code(v) };
+            let code = if v.is_v5() {
+                // Only codes CONNACK may carry.
+                let c = e.reason_code();
+                Some(if super::connack::V5_CODES.contains(&c) { c } else { reason::PROTOCOL_ERROR })
+            } else {
+                e.connack_code(v)
+            };
             if let Some(code) = code {
                 let mut properties = Properties::default();
                 if v.is_v5() {
@@ -208,7 +214,13 @@ impl Shard {
                 reason_string: Some(f.message.chars().take(200).collect()),
                 ..Properties::default()
             };
-            Disconnect { reason: f.code, properties }.encode(Version::V5, &mut conn.out);
+            // Only codes DISCONNECT may carry (some errors name CONNACK-only codes).
+            let code = if super::disconnect::V5_CODES.contains(&f.code) {
+                f.code
+            } else {
+                reason::PROTOCOL_ERROR
+            };
+            Disconnect { reason: code, properties }.encode(Version::V5, &mut conn.out);
         }
         self.close_conn_with(slot, true);
     }
@@ -231,6 +243,17 @@ impl Shard {
             }
             client_id = format!("rdmq-{shard}-{slot}-{generation}-{now}");
             assigned = Some(client_id.clone());
+        }
+        if c.properties.authentication_method.is_some() {
+            // 5.0 §4.12: a method the server does not support is refused with 0x8C.
+            let properties = Properties {
+                reason_string: Some("extended authentication is not supported".into()),
+                ..Properties::default()
+            };
+            let conn = self.conns[slot as usize].as_mut().expect("live");
+            let code = reason::BAD_AUTHENTICATION_METHOD;
+            ConnAck { session_present: false, code, properties }.encode(v, &mut conn.out);
+            return self.close_conn_with(slot, true);
         }
         let expiry_s = match v {
             Version::V5 => c.properties.session_expiry_interval.unwrap_or(0),
@@ -450,9 +473,11 @@ impl Shard {
                 self.close_conn_with(slot, true);
                 Ok(())
             }
+            // Only sent after a CONNECT with an Authentication Method, which is refused: here
+            // it is a protocol error (5.0 §4.12).
             Packet::Auth(_) => Err(Fail::new(
-                reason::BAD_AUTHENTICATION_METHOD,
-                "extended authentication is not supported",
+                reason::PROTOCOL_ERROR,
+                "AUTH without an authentication method (extended authentication is not supported)",
             )),
             other => Err(Fail::new(
                 reason::PROTOCOL_ERROR,
@@ -849,7 +874,7 @@ impl Shard {
         metrics::add(&self.metrics.delivered, msgs.len() as u64);
         self.dirty_conns.push(key.slot);
         if !settle_now.is_empty() {
-            self.mqtt_settle(key.slot, key.id, queue, settle_now);
+            self.settle_when_written(key, queue, settle_now);
         }
     }
 

@@ -20,7 +20,8 @@ use super::connect::{negotiate_heart_beat, Connect, Connected};
 use super::send::{Destination, Send};
 use super::session::{
     is_topic_ack, parse_ack_id, Backing, Pending, Session, Sub, TxOp, DEFAULT_PREFETCH,
-    HEART_BEAT_MIN_MS, PAUSED_INPUT_MAX, REQUEST_WINDOW, TRANSACTION_OPS_MAX,
+    HEART_BEAT_MIN_MS, PAUSED_INPUT_MAX, REQUEST_WINDOW, TRANSACTION_BYTES_MAX,
+    TRANSACTION_OPS_MAX,
 };
 use super::subscribe::{AckMode, Subscribe, Unsubscribe};
 use super::transaction::{Transaction, TxOp as TxKind};
@@ -253,6 +254,7 @@ impl Shard {
                     queue,
                     batch: batch.into(),
                     count: 1,
+                    bound: false,
                 };
                 self.route(owner, ev);
             }
@@ -419,7 +421,15 @@ impl Shard {
                 "transaction {tx:?} holds more than {TRANSACTION_OPS_MAX} frames"
             )));
         }
+        let bytes = tx_bytes(&op);
         ops.push(op);
+        session.transaction_bytes += bytes;
+        if session.transaction_bytes > TRANSACTION_BYTES_MAX {
+            return Err(fault(format!(
+                "open transactions hold more than {} MiB of messages",
+                TRANSACTION_BYTES_MAX >> 20
+            )));
+        }
         Ok(())
     }
 
@@ -433,14 +443,16 @@ impl Shard {
                 session.transactions.insert(t.id, Vec::new());
             }
             TxKind::Abort => {
-                if session.transactions.remove(&t.id).is_none() {
+                let Some(ops) = session.transactions.remove(&t.id) else {
                     return Err(Fault::new(format!("no transaction {:?}", t.id), frame));
-                }
+                };
+                session.transaction_bytes -= ops.iter().map(tx_bytes).sum::<usize>();
             }
             TxKind::Commit => {
                 let Some(ops) = session.transactions.remove(&t.id) else {
                     return Err(Fault::new(format!("no transaction {:?}", t.id), frame));
                 };
+                session.transaction_bytes -= ops.iter().map(tx_bytes).sum::<usize>();
                 for op in ops {
                     match op {
                         TxOp::Send(s) => self.stomp_send(slot, s)?,
@@ -534,10 +546,7 @@ impl Shard {
         metrics::add(&self.metrics.delivered, msgs.len() as u64);
         self.dirty_conns.push(key.slot);
         if let (false, Some(queue)) = (tags.is_empty(), queue) {
-            let owner = self.queue_owner(&queue);
-            let ev =
-                Event::Settle { reply: None, queue, key, op: Settle::Ack, multiple: false, tags };
-            self.route(owner, ev);
+            self.settle_when_written(key, queue, tags);
         }
     }
 
@@ -567,6 +576,16 @@ impl Shard {
                 format!("no heart-beat or frame from the client for over {} ms", 2 * interval);
             self.stomp_fail(slot, &msg, None);
         }
+    }
+}
+
+/// What a held frame costs against `TRANSACTION_BYTES_MAX`.
+fn tx_bytes(op: &TxOp) -> usize {
+    match op {
+        TxOp::Send(s) => {
+            s.body.len() + s.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        }
+        TxOp::Ack(a) => a.id.len(),
     }
 }
 

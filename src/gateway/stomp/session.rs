@@ -31,6 +31,8 @@ pub const PAUSED_INPUT_MAX: usize = 4 << 20;
 pub const HEART_BEAT_MIN_MS: u64 = 100;
 /// Operations one transaction may hold before it is refused.
 pub const TRANSACTION_OPS_MAX: usize = 65_536;
+/// Message bytes a session's open transactions may hold together.
+pub const TRANSACTION_BYTES_MAX: usize = 64 << 20;
 /// Credit of a queue subscription without `prefetch-count` (or `activemq.prefetchSize`).
 pub const DEFAULT_PREFETCH: u32 = 1_000;
 
@@ -101,6 +103,8 @@ pub struct Session {
     /// Requests awaiting answers, and the receipts waiting behind them.
     pub requests: Requests<Pending>,
     pub transactions: FxHashMap<String, Vec<TxOp>>,
+    /// Bytes held by `transactions`.
+    pub transaction_bytes: usize,
     /// Numbers topic messages (queue messages are named by consumer and delivery tag).
     topic_seq: u64,
 }
@@ -120,6 +124,7 @@ impl Session {
             next_id: 1,
             requests: Requests::default(),
             transactions: FxHashMap::default(),
+            transaction_bytes: 0,
             topic_seq: 0,
         }
     }
@@ -151,9 +156,22 @@ impl Session {
     }
 
     fn write_header(&self, out: &mut Vec<u8>, k: &str, v: &str) {
-        put_escaped(out, k, self.escapes());
-        out.push(b':');
-        put_escaped(out, v, self.escapes());
+        if self.escapes() {
+            put_escaped(out, k, true);
+            out.push(b':');
+            put_escaped(out, v, true);
+        } else {
+            // STOMP 1.0 has no escapes: an EOL or a colon in a key would end the header (or the
+            // header block) early, so they become spaces.
+            let clean = |s: &str, colon: bool| -> String {
+                s.chars()
+                    .map(|c| if c == '\n' || c == '\r' || (colon && c == ':') { ' ' } else { c })
+                    .collect()
+            };
+            out.extend_from_slice(clean(k, true).as_bytes());
+            out.push(b':');
+            out.extend_from_slice(clean(v, false).as_bytes());
+        }
         out.push(b'\n');
     }
 
@@ -218,7 +236,9 @@ impl Session {
             self.write_header(out, "correlation-id", &c);
         }
         for (k, v) in r.headers() {
-            if !RESERVED.contains(&k) {
+            if !RESERVED.contains(&k)
+                && !k.starts_with(crate::gateway::mqtt::session::INTERNAL_PREFIX)
+            {
                 self.write_header(out, k, v);
             }
         }
