@@ -167,7 +167,10 @@ impl Config {
 pub fn parse_listen(v: &str) -> Result<Option<SocketAddr>, String> {
     match v.trim() {
         "off" | "" => Ok(None),
-        a => a.parse().map(Some).map_err(|_| "expected IP:PORT (host names are not resolved) or \"off\"".to_string()),
+        a => a
+            .parse()
+            .map(Some)
+            .map_err(|_| "expected IP:PORT (host names are not resolved) or \"off\"".to_string()),
     }
 }
 
