@@ -565,6 +565,11 @@ pub fn apply(s: &mut Shard, ev: Event) {
                     s.reply(to, kind)
                 }
             };
+            if bound && !s.queues.contains_key(&queue) {
+                // The queue was deleted and its binding not yet dropped everywhere: a copy must
+                // not bring it back.
+                return answer(s, ReplyKind::Ok);
+            }
             let q = match s.queue_or_create(&queue, None) {
                 Ok(q) => q,
                 Err(kind) => return answer(s, kind),

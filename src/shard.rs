@@ -671,6 +671,9 @@ impl Shard {
             self.ring.cancel(target, user_data(op::CANCEL, generation, slot));
         }
         self.broadcast(|| Event::ConnClosed { shard: id, slot, generation });
+        if mqtt {
+            self.mqtt_after_close(slot);
+        }
         self.dirty_conns.push(slot);
         metrics::add(&self.metrics.connections_closed, 1);
     }

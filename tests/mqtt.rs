@@ -512,6 +512,28 @@ fn shared_subscriptions_topic_aliases_and_properties() {
     })
     .count();
     assert_eq!(everyone, 20, "a non-shared subscriber gets them all");
+    // When the last member leaves (one unsubscribes, one disconnects), the group is gone:
+    // what is published meanwhile is not kept for a later member (as in Mosquitto).
+    a.send(&Packet::Unsubscribe(Unsubscribe {
+        packet_id: 2,
+        properties: Properties::default(),
+        filters: vec!["$share/g/jobs/+".into()],
+    }));
+    assert!(matches!(a.expect(), Packet::UnsubAck(_)));
+    b.disconnect();
+    // The group's queue goes once the owner has applied the close (another shard, so wait).
+    let native = server.connect();
+    let deadline = Instant::now() + RECV_TIMEOUT;
+    while native.browse("mqtt.share.g.jobs.*", 0, 1).is_ok() {
+        assert!(Instant::now() < deadline, "the group's queue was never deleted");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    p.publish("jobs/late", b"nobody home", Qos::AtLeastOnce, false, 99);
+    let mut c = Mqtt::open(&server, v, "member-c");
+    c.subscribe("$share/g/jobs/+", Qos::AtLeastOnce);
+    c.nothing_more();
+    p.publish("jobs/next", b"for c", Qos::AtLeastOnce, false, 100);
+    assert_eq!(c.expect_publish().payload, b"for c");
 
     // Topic alias, user properties, content type, response topic and correlation data.
     let mut s = Mqtt::open(&server, v, "props-sub");

@@ -722,7 +722,8 @@ impl Shard {
                     self.conns[slot as usize].as_mut().expect("live").consumers.remove(&id);
                     let key = SubKey { shard: self.id, slot, generation, id };
                     let owner = self.queue_owner(&queue);
-                    self.route(owner, Event::Cancel { reply, queue, key });
+                    self.route(owner, Event::Cancel { reply, queue: queue.clone(), key });
+                    self.mqtt_forget_shared(queue);
                 }
             }
         }
@@ -998,6 +999,38 @@ impl Shard {
         };
         let home = self.mqtt_home();
         self.route(home, Event::Mqtt(Box::new(ev)));
+    }
+
+    /// Deletes a shared subscription's queue if its last member has left (a plain delete, which
+    /// the owner refuses while any consumer remains; routed after the member's cancel or close,
+    /// so it is applied after it). Messages published while a group has no members are then
+    /// dropped, as Mosquitto does.
+    fn mqtt_forget_shared(&mut self, queue: Arc<str>) {
+        let owner = self.queue_owner(&queue);
+        let ev = Event::DeleteQueue { reply: nobody(self.id), name: queue, force: false };
+        self.route(owner, ev);
+    }
+
+    /// After a closing connection's ConnClosed went out: a session that ends with it leaves its
+    /// shared subscriptions.
+    pub fn mqtt_after_close(&mut self, slot: u32) {
+        let Some(session) = self.conns[slot as usize].as_ref().and_then(|c| c.mqtt.as_ref()) else {
+            return;
+        };
+        if session.persistent {
+            return; // the session, and its shared subscriptions, outlive the connection
+        }
+        let shared: Vec<Arc<str>> = session
+            .subs
+            .iter()
+            .filter_map(|s| match &s.backing {
+                Backing::Shared { queue, .. } => Some(queue.clone()),
+                _ => None,
+            })
+            .collect();
+        for queue in shared {
+            self.mqtt_forget_shared(queue);
+        }
     }
 
     /// Loads the registry on the home shard (at start, and before any MQTT event there).
