@@ -18,6 +18,7 @@
 # All commands are idempotent. Works as root on a clean Debian machine without systemd: the
 # package's postinst is kept from starting the system service by a policy-rc.d (exit 101).
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 DIR=${MOSQUITTO_INTEROP_DIR:-/tmp/rdmq-interop-mosquitto}
 PORT=${MOSQUITTO_PORT:-1893}
@@ -28,51 +29,10 @@ PIDFILE="$DIR/mosquitto.pid"
 
 log() { echo "mosquitto.sh: $*" >&2; }
 
-port_open() { # port -> 0 if something accepts on 127.0.0.1:port
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
 
 install_if_missing() {
-    if [ -x "$MOSQUITTO" ] && command -v mosquitto_pub >/dev/null && command -v mosquitto_sub >/dev/null; then
-        return
-    fi
-    if [ "$(id -u)" != 0 ]; then
-        log "mosquitto is not installed and we are not root: apt-get install mosquitto mosquitto-clients"
-        exit 1
-    fi
-    log "installing mosquitto mosquitto-clients with apt-get"
-    # Keep the package's postinst from starting the system service (there may be no systemd and
-    # it would take 1883): policy-rc.d exit 101 = "action forbidden". Only ours is removed.
-    local our_policy=
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod 755 /usr/sbin/policy-rc.d
-        our_policy=1
-    fi
-    local ok=0 aptlog
-    aptlog=$(mktemp /tmp/mosquitto-apt.XXXXXX)
-    export DEBIAN_FRONTEND=noninteractive
-    if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then # never updated
-        apt-get update -q >>"$aptlog" 2>&1 || true
-    fi
-    if apt-get install -y -q --no-install-recommends mosquitto mosquitto-clients >>"$aptlog" 2>&1; then
-        ok=1
-    else
-        # Stale or missing lists: update once and try again.
-        apt-get update -q >>"$aptlog" 2>&1 &&
-            apt-get install -y -q --no-install-recommends mosquitto mosquitto-clients >>"$aptlog" 2>&1 && ok=1
-    fi
-    if [ -n "$our_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
-    if [ "$ok" != 1 ]; then
-        tail -n 20 "$aptlog" >&2
-        log "apt-get install mosquitto mosquitto-clients failed (log: $aptlog)"
-        exit 1
-    fi
-    rm -f "$aptlog"
-    # If a service manager started the system broker anyway, stop it: it is not the one we use.
-    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then
-        systemctl stop mosquitto || true
-        systemctl disable mosquitto >/dev/null 2>&1 || true
+    if [ ! -x "$MOSQUITTO" ] || ! command -v mosquitto_pub >/dev/null || ! command -v mosquitto_sub >/dev/null; then
+        apt_install_no_service mosquitto mosquitto mosquitto-clients
     fi
 }
 

@@ -19,6 +19,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
+. "$here/../lib.sh"
 
 if [ $# -lt 2 ]; then
     echo "usage: $0 HOST:PORT rdmq|mosquitto [pytest args...]" >&2
@@ -42,18 +43,7 @@ if [ -z "$host" ] || [ -z "$port" ] || [ "$host" = "$addr" ]; then
 fi
 
 venv=${RDMQ_VENV_MQTT:-$repo/target/interop-venv-mqtt}
-stamp="$venv/.requirements.sha256"
-want=$(sha256sum "$here/requirements.txt" | cut -d' ' -f1)
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv" || {
-        echo "run.sh: python3 -m venv failed (Debian: apt-get install python3-venv)" >&2
-        exit 1
-    }
-fi
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    "$venv/bin/pip" install -q --disable-pip-version-check -r "$here/requirements.txt"
-    echo "$want" >"$stamp"
-fi
+ensure_venv "$venv" "$here/requirements.txt"
 
 export MQTT_HOST=$host MQTT_PORT=$port MQTT_BROKER=$broker
 export PYTHONDONTWRITEBYTECODE=1 # no __pycache__ in the work tree

@@ -15,6 +15,7 @@
 # Both commands are idempotent. Works as root on a clean Debian machine without systemd: the
 # package's postinst is kept from starting the system service by a policy-rc.d (exit 101).
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 DIR=${RABBITMQ_INTEROP_DIR:-/tmp/rdmq-interop-rabbitmq}
 STOMP_PORT=${RABBITMQ_STOMP_PORT:-61623}
@@ -26,9 +27,6 @@ RMQ_BIN=/usr/lib/rabbitmq/bin
 
 log() { echo "rabbitmq.sh: $*" >&2; }
 
-port_open() { # port -> 0 if something accepts on 127.0.0.1:port
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
 
 # The node's environment. We call the scripts in /usr/lib/rabbitmq/bin directly (not the
 # /usr/sbin wrappers, which su to the 'rabbitmq' user and use /var/lib/rabbitmq), so the node runs
@@ -50,46 +48,8 @@ node_env() {
 }
 
 install_if_missing() {
-    if [ -x "$RMQ_BIN/rabbitmq-server" ]; then
-        return
-    fi
-    if [ "$(id -u)" != 0 ]; then
-        log "rabbitmq-server is not installed and we are not root: apt-get install rabbitmq-server"
-        exit 1
-    fi
-    log "installing rabbitmq-server with apt-get"
-    # Keep the package's postinst from starting the system service (there may be no systemd and
-    # it would take 5672/25672): policy-rc.d exit 101 = "action forbidden". Only ours is removed.
-    local our_policy=
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod 755 /usr/sbin/policy-rc.d
-        our_policy=1
-    fi
-    local ok=0 aptlog
-    aptlog=$(mktemp /tmp/rabbitmq-apt.XXXXXX)
-    export DEBIAN_FRONTEND=noninteractive
-    if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then # never updated
-        apt-get update -q >>"$aptlog" 2>&1 || true
-    fi
-    if apt-get install -y -q --no-install-recommends rabbitmq-server >>"$aptlog" 2>&1; then
-        ok=1
-    else
-        # Stale or missing lists: update once and try again.
-        apt-get update -q >>"$aptlog" 2>&1 &&
-            apt-get install -y -q --no-install-recommends rabbitmq-server >>"$aptlog" 2>&1 && ok=1
-    fi
-    if [ -n "$our_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
-    if [ "$ok" != 1 ]; then
-        tail -n 20 "$aptlog" >&2
-        log "apt-get install rabbitmq-server failed (log: $aptlog)"
-        exit 1
-    fi
-    rm -f "$aptlog"
-    # If a service manager started the system node anyway, stop it: it is not the node we use.
-    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet rabbitmq-server 2>/dev/null; then
-        systemctl stop rabbitmq-server || true
-        systemctl disable rabbitmq-server >/dev/null 2>&1 || true
+    if [ ! -x "$RMQ_BIN/rabbitmq-server" ]; then
+        apt_install_no_service rabbitmq-server rabbitmq-server
     fi
 }
 

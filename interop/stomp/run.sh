@@ -12,6 +12,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
+. "$here/../lib.sh"
 
 if [ $# -lt 2 ]; then
     echo "usage: $0 HOST:PORT rdmq|rabbitmq [pytest args...]" >&2
@@ -35,18 +36,7 @@ if [ -z "$host" ] || [ -z "$port" ] || [ "$host" = "$addr" ]; then
 fi
 
 venv=${RDMQ_VENV:-$repo/target/interop-venv}
-stamp="$venv/.requirements.sha256"
-want=$(sha256sum "$here/requirements.txt" | cut -d' ' -f1)
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv" || {
-        echo "run.sh: python3 -m venv failed (Debian: apt-get install python3-venv)" >&2
-        exit 1
-    }
-fi
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    "$venv/bin/pip" install -q --disable-pip-version-check -r "$here/requirements.txt"
-    echo "$want" >"$stamp"
-fi
+ensure_venv "$venv" "$here/requirements.txt"
 
 export STOMP_HOST=$host STOMP_PORT=$port STOMP_BROKER=$broker
 export PYTHONDONTWRITEBYTECODE=1 # no __pycache__ in the work tree
