@@ -139,8 +139,8 @@ const REASON_STRING_IN: u16 = mask(&[
     C::Disconnect,
     C::Auth,
 ]);
-/// User Property is allowed everywhere properties exist.
-const EVERYWHERE: u16 = mask(&[
+/// Every place properties exist.
+pub(crate) const ALL_CONTEXTS: [PropertyContext; 14] = [
     C::Connect,
     C::Will,
     C::ConnAck,
@@ -155,7 +155,9 @@ const EVERYWHERE: u16 = mask(&[
     C::UnsubAck,
     C::Disconnect,
     C::Auth,
-]);
+];
+/// User Property is allowed everywhere properties exist.
+const EVERYWHERE: u16 = mask(&ALL_CONTEXTS);
 
 /// Every property MQTT 5.0 defines (§2.2.2.2, Table 2-4), in identifier order.
 pub const PROPERTIES: [PropertySpec; 27] = [
@@ -584,22 +586,7 @@ pub(crate) mod tests {
         b
     }
 
-    const ALL: [PropertyContext; 14] = [
-        C::Connect,
-        C::Will,
-        C::ConnAck,
-        C::Publish,
-        C::PubAck,
-        C::PubRec,
-        C::PubRel,
-        C::PubComp,
-        C::Subscribe,
-        C::SubAck,
-        C::Unsubscribe,
-        C::UnsubAck,
-        C::Disconnect,
-        C::Auth,
-    ];
+    const ALL: [PropertyContext; 14] = ALL_CONTEXTS;
 
     /// Properties with every field allowed in `context` set (used by the packet samples).
     pub(crate) fn full(context: PropertyContext) -> Properties {

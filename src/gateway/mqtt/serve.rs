@@ -344,17 +344,12 @@ impl Shard {
             let credit = session.receive_maximum as u32;
             for s in &subs {
                 let Ok(qos) = Qos::from_bits(s.qos) else { continue };
-                let backing = match topic::parse_shared(&s.filter) {
-                    Ok(Some((group, filter))) => {
-                        let queue: Arc<str> = shared_queue(group, filter).into();
-                        let id = session.next_sub_id();
-                        Backing::Shared { id, queue }
+                let (shared, match_filter) = split_shared(&s.filter);
+                let backing = match shared {
+                    Some(queue) => {
+                        Backing::Shared { id: session.next_sub_id(), queue: queue.into() }
                     }
-                    _ => Backing::SessionQueue,
-                };
-                let match_filter = match topic::parse_shared(&s.filter) {
-                    Ok(Some((_, f))) => f.to_string(),
-                    _ => s.filter.clone(),
+                    None => Backing::SessionQueue,
                 };
                 session.subs.push(Sub {
                     filter: s.filter.clone(),
@@ -591,10 +586,7 @@ impl Shard {
         let generation = self.conns[slot as usize].as_ref().expect("live").generation;
         let mut codes = Vec::new();
         for sub in s.subscriptions {
-            let (shared, match_filter) = match topic::parse_shared(&sub.filter) {
-                Ok(Some((group, f))) => (Some(shared_queue(group, f)), f.to_string()),
-                _ => (None, sub.filter.clone()),
-            };
+            let (shared, match_filter) = split_shared(&sub.filter);
             let native = topic::to_native_filter(&match_filter)
                 .ok()
                 .filter(|n| n.len() <= 255 && pattern::validate_pattern(n).is_ok());
@@ -835,19 +827,17 @@ impl Shard {
                 continue;
             };
             // No Local and Retain As Published, from the subscriptions this message matched.
-            let matching: Vec<&Sub> = match &shared {
-                Some(s) => vec![s],
-                None => {
-                    session.subs.iter().filter(|s| topic::matches(&s.match_filter, &t)).collect()
-                }
+            let any_matching = |flag: fn(&Sub) -> bool| match &shared {
+                Some(s) => flag(s),
+                None => session.subs.iter().any(|s| flag(s) && topic::matches(&s.match_filter, &t)),
             };
             let from_self = header(rec, ORIGIN_HEADER) == Some(&*session.client_id);
-            if from_self && matching.iter().any(|s| s.no_local) {
+            if from_self && any_matching(|s| s.no_local) {
                 settle_now.push(m.tag);
                 continue;
             }
-            let retain = header(rec, RETAIN_HEADER).is_some()
-                && matching.iter().any(|s| s.retain_as_published);
+            let retain =
+                header(rec, RETAIN_HEADER).is_some() && any_matching(|s| s.retain_as_published);
             let qos = granted.min(message_qos(rec));
             let packet_id = match qos {
                 Qos::AtMostOnce => None,
@@ -1257,6 +1247,15 @@ pub fn apply(s: &mut Shard, ev: MqttEvent) {
 /// The queue of a stored session.
 fn session_queue_of(s: &StoredSession) -> String {
     s.queue.clone().unwrap_or_else(|| queue_name("mqtt.session.", &s.client_id))
+}
+
+/// A subscription filter as it is matched, and the queue behind it if it is a shared one
+/// (`$share/<group>/<filter>`).
+fn split_shared(filter: &str) -> (Option<String>, String) {
+    match topic::parse_shared(filter) {
+        Ok(Some((group, f))) => (Some(shared_queue(group, f)), f.to_string()),
+        _ => (None, filter.to_string()),
+    }
 }
 
 /// The queue behind `$share/<group>/<filter>`.
