@@ -33,6 +33,20 @@ pub struct Config {
     pub mqtt_listen: String,
     #[serde(skip)]
     pub mqtt_addr: Option<SocketAddr>,
+    /// Shared-memory transport: the Unix socket clients connect to (`shm://PATH`), "off", or
+    /// empty for `<data_dir>/rdmq.sock`.
+    pub shm_listen: String,
+    /// The same, resolved (filled in by `validate`; `None` when off).
+    #[serde(skip)]
+    pub shm_path: Option<PathBuf>,
+    /// Permission bits of the shm socket file: who may connect at all (owner and group).
+    pub shm_socket_mode: u32,
+    /// Users, besides the server's own and root, whose processes may use the shm transport
+    /// (checked with SO_PEERCRED on every connection).
+    pub shm_allow_uids: Vec<u32>,
+    /// Bytes of each direction's ring per shm connection (power of two, 64 KiB to 1 GiB): a
+    /// frame from the client must fit the ring whole; 2 MiB or more uses huge pages when free.
+    pub shm_ring_bytes: usize,
     /// Shard threads; 0 = one per CPU this process may use.
     pub shards: usize,
     /// Pin each shard to its own CPU.
@@ -87,6 +101,11 @@ impl Default for Config {
             stomp_addr: None,
             mqtt_listen: "127.0.0.1:1883".to_string(),
             mqtt_addr: None,
+            shm_listen: String::new(),
+            shm_path: None,
+            shm_socket_mode: 0o660,
+            shm_allow_uids: Vec::new(),
+            shm_ring_bytes: 4 << 20,
             shards: 0,
             pin_threads: true,
             auto_create: true,
@@ -146,6 +165,19 @@ impl Config {
             .map_err(|e| format!("stomp_listen = {:?}: {e}", self.stomp_listen))?;
         self.mqtt_addr = parse_listen(&self.mqtt_listen)
             .map_err(|e| format!("mqtt_listen = {:?}: {e}", self.mqtt_listen))?;
+        self.shm_path = match self.shm_listen.trim() {
+            "off" => None,
+            "" => Some(self.data_dir.join("rdmq.sock")),
+            p => Some(PathBuf::from(p)),
+        };
+        let ring = self.shm_ring_bytes;
+        let (lo, hi) = (rdmq_client::shm::RING_BYTES_MIN, rdmq_client::shm::RING_BYTES_MAX);
+        if !ring.is_power_of_two() || ring < lo || ring > hi {
+            return Err("shm_ring_bytes must be a power of two from 64 KiB to 1 GiB".into());
+        }
+        if self.shm_socket_mode > 0o777 {
+            return Err("shm_socket_mode must be permission bits (at most 0o777)".into());
+        }
         if self.segment_bytes < (1 << 20) {
             return Err("segment_bytes must be at least 1 MiB".into());
         }

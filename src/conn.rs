@@ -4,13 +4,15 @@
 //! Owned by the shard that accepted the connection; never touched by another thread.
 
 use std::collections::VecDeque;
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
 use crate::broker::MsgRef;
 use crate::gateway::stomp::session::Session;
+use rdmq_client::shm::Region;
 use rdmq_client::wire::deliver::DeliverWriter;
 
 /// Topic messages moved from a subscription's buffer into the output at a time (between
@@ -52,6 +54,15 @@ pub struct SubState {
     pub dropped: u64,
 }
 
+/// A shared-memory connection's rings and the eventfd that wakes its client. The socket
+/// (`Conn::fd`) only carries the handshake, then tells the shard when the client goes away.
+pub struct ShmConn {
+    /// Shared with the frame handlers during a parse, so frames can be read in place while the
+    /// connection's state changes (a close keeps the mapping alive until the parse returns).
+    pub region: Rc<Region>,
+    pub client_wake: OwnedFd,
+}
+
 pub struct Conn {
     pub fd: RawFd,
     pub generation: u32,
@@ -79,6 +90,8 @@ pub struct Conn {
     pub stomp: Option<Box<Session>>,
     /// An MQTT gateway connection's session.
     pub mqtt: Option<Box<crate::gateway::mqtt::session::Session>>,
+    /// A shared-memory connection (`None`: a socket carries the frames).
+    pub shm: Option<Box<ShmConn>>,
     /// Input is not being parsed until outstanding requests drain (a gateway's send window).
     pub paused: bool,
     /// Acknowledgements a gateway holds back while the output is above its high-water mark
@@ -107,6 +120,7 @@ impl Conn {
             pending_consume: FxHashMap::default(),
             stomp: None,
             mqtt: None,
+            shm: None,
             paused: false,
             deferred_settles: Vec::new(),
         }

@@ -36,6 +36,12 @@ impl Shard {
         if conn.closing {
             return;
         }
+        if conn.shm.is_some() {
+            // After the handshake the shm socket only signals liveness: data there is a peer
+            // that does not speak the transport.
+            let msg = "unexpected bytes on the shm socket (frames go through the rings)";
+            return fatal(self, slot, code::PROTOCOL_ERROR, msg);
+        }
         conn.inbuf.extend_from_slice(data);
         if let Some(session) = conn.stomp.as_mut() {
             session.last_in_ms = self.now_ms;
@@ -47,16 +53,33 @@ impl Shard {
         }
         let inbuf = std::mem::take(&mut conn.inbuf);
         let body_max = self.cfg.frame_body_max;
+        let Some(pos) = self.on_native_input(slot, generation, &inbuf, body_max) else {
+            return;
+        };
+        let conn = self.conns[slot as usize].as_mut().expect("still open");
+        conn.inbuf = inbuf;
+        conn.inbuf.drain(..pos);
+    }
+
+    /// Handles every whole native frame at the start of `data` (bytes from a socket, or a shm
+    /// ring read in place). Returns the bytes consumed, or `None` if the connection is closing.
+    pub fn on_native_input(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        data: &[u8],
+        body_max: usize,
+    ) -> Option<usize> {
         let mut pos = 0;
         loop {
-            match wire::split_frame(&inbuf[pos..], body_max) {
-                Ok(None) => break,
+            match wire::split_frame(&data[pos..], body_max) {
+                Ok(None) => return Some(pos),
                 Ok(Some((h, body))) => {
                     let frame_len = wire::FRAME_HEADER_LEN + body.len();
                     self.on_frame(slot, generation, &h, body);
                     pos += frame_len;
                     if self.conns[slot as usize].as_ref().is_none_or(|c| c.closing) {
-                        return;
+                        return None;
                     }
                 }
                 Err(e) => {
@@ -66,13 +89,10 @@ impl Shard {
                         code::PROTOCOL_ERROR
                     };
                     fatal(self, slot, c, &format!("bad frame header: {e}"));
-                    return;
+                    return None;
                 }
             }
         }
-        let conn = self.conns[slot as usize].as_mut().expect("still open");
-        conn.inbuf = inbuf;
-        conn.inbuf.drain(..pos);
     }
 
     fn on_frame(&mut self, slot: u32, generation: u32, h: &FrameHeader, body: &[u8]) {

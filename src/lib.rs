@@ -18,6 +18,7 @@ pub mod mailbox;
 pub mod metrics;
 pub mod server;
 mod shard;
+mod shm;
 mod sys;
 mod uring;
 

@@ -49,6 +49,9 @@ struct ServeArgs {
     /// MQTT 3.1.1/5.0 gateway listen address, or "off". Default: 127.0.0.1:1883
     #[arg(long, value_name = "ADDR|off")]
     mqtt_listen: Option<String>,
+    /// Shared-memory transport socket, or "off". Default: <data dir>/rdmq.sock
+    #[arg(long, value_name = "PATH|off")]
+    shm_listen: Option<String>,
     /// Shard threads, one per core. Default: one per CPU this process may use
     #[arg(long)]
     shards: Option<usize>,
@@ -101,6 +104,9 @@ fn serve(a: ServeArgs) -> Result<(), String> {
     if let Some(l) = a.mqtt_listen {
         cfg.mqtt_listen = l;
     }
+    if let Some(l) = a.shm_listen {
+        cfg.shm_listen = l;
+    }
     if let Some(s) = a.shards {
         cfg.shards = s;
     }
@@ -134,6 +140,13 @@ fn serve(a: ServeArgs) -> Result<(), String> {
     if let Some(addr) = server.mqtt_addr {
         eprintln!("rdmq: serving MQTT 3.1.1/5.0 on {addr}");
         println!("listening mqtt://{addr}");
+    }
+    if let Some(path) = &server.shm_path {
+        eprintln!(
+            "rdmq: serving the native protocol over shared memory on shm://{}",
+            path.display()
+        );
+        println!("listening shm://{}", path.display());
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();

@@ -22,6 +22,8 @@ pub struct Server {
     pub stomp_addr: Option<SocketAddr>,
     /// The MQTT gateway's bound address, when it is on.
     pub mqtt_addr: Option<SocketAddr>,
+    /// The shared-memory transport's socket (absolute), when it is on.
+    pub shm_path: Option<std::path::PathBuf>,
     /// Held for the server's life: the data directory's exclusive lock.
     _lock: std::fs::File,
     pub metrics: Arc<Metrics>,
@@ -71,6 +73,13 @@ impl Server {
             }
             None => ((0..n).map(|_| None).collect::<Vec<_>>(), None),
         };
+        let (mut shm_listeners, shm_path) = match &cfg.shm_path {
+            Some(p) => {
+                let (l, path) = bind_shm(p, cfg.shm_socket_mode, n)?;
+                (l.into_iter().map(Some).collect(), Some(path))
+            }
+            None => ((0..n).map(|_| None).collect::<Vec<_>>(), None),
+        };
         let ctls: Vec<ShardCtl> = (0..n)
             .map(|_| {
                 let eventfd = sys::eventfd().map_err(|e| format!("eventfd: {e}"))?;
@@ -105,6 +114,7 @@ impl Server {
                 listener,
                 stomp_listener: stomp_listeners.pop().expect("one per shard"),
                 mqtt_listener: mqtt_listeners.pop().expect("one per shard"),
+                shm_listener: shm_listeners.pop().expect("one per shard"),
                 ctls: ctls.clone(),
                 inbox: receivers.pop().expect("one inbox per shard"),
                 outbox,
@@ -138,7 +148,7 @@ impl Server {
                 break;
             }
         }
-        Ok(Server { addr, stomp_addr, mqtt_addr, _lock: lock, metrics, threads })
+        Ok(Server { addr, stomp_addr, mqtt_addr, shm_path, _lock: lock, metrics, threads })
     }
 
     /// Waits for every shard to stop (after SIGINT/SIGTERM). Returns the first shard error.
@@ -176,4 +186,38 @@ fn bind_per_shard(addr: SocketAddr, n: usize) -> Result<(Vec<OwnedFd>, SocketAdd
         );
     }
     Ok((listeners, bound))
+}
+
+/// The shm transport's Unix socket at `path` with permission bits `mode`, and one descriptor of
+/// it per shard (each shard arms its own accept on it; the kernel hands every connection to
+/// one of them). A socket file left by a server that died is replaced: the data directory lock
+/// is held, and a connect that finds nobody listening proves it stale.
+fn bind_shm(
+    path: &std::path::Path,
+    mode: u32,
+    n: usize,
+) -> Result<(Vec<OwnedFd>, std::path::PathBuf), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(format!(
+                "cannot listen on shm socket {shown}: another server answers there"
+            ));
+        }
+        std::fs::remove_file(path).map_err(|e| format!("cannot replace stale {shown}: {e}"))?;
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)
+        .map_err(|e| format!("cannot listen on shm socket {shown}: {e}"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("cannot set mode {mode:o} on {shown}: {e}"))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let first: OwnedFd = listener.into();
+    let mut fds = Vec::with_capacity(n);
+    for _ in 1..n {
+        fds.push(first.try_clone().map_err(|e| format!("dup shm listener: {e}"))?);
+    }
+    fds.push(first);
+    let abs = std::path::absolute(path).map_err(|e| format!("{shown}: {e}"))?;
+    Ok((fds, abs))
 }

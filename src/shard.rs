@@ -71,6 +71,7 @@ pub mod op {
 const LISTENER_NATIVE: u32 = 0;
 const LISTENER_STOMP: u32 = 1;
 const LISTENER_MQTT: u32 = 2;
+const LISTENER_SHM: u32 = 3;
 
 /// `[op: 8][generation: 24][slot: 32]`.
 pub fn user_data(op: u8, generation: u32, slot: u32) -> u64 {
@@ -98,6 +99,10 @@ pub struct Shard {
     stomp_listener: Option<OwnedFd>,
     /// The MQTT gateway's listener, when it is on.
     mqtt_listener: Option<OwnedFd>,
+    /// The shared-memory transport's Unix socket (this shard's descriptor of it), when it is on.
+    shm_listener: Option<OwnedFd>,
+    /// Slots of this shard's shared-memory connections, polled every pass.
+    pub(crate) shm_slots: Vec<u32>,
     /// The MQTT gateway's client ids, sessions and retained messages (home shard only).
     pub mqtt_registry: crate::gateway::mqtt::registry::Registry,
     ctls: Arc<Vec<ShardCtl>>,
@@ -143,6 +148,7 @@ pub struct ShardInit {
     pub listener: OwnedFd,
     pub stomp_listener: Option<OwnedFd>,
     pub mqtt_listener: Option<OwnedFd>,
+    pub shm_listener: Option<OwnedFd>,
     pub ctls: Arc<Vec<ShardCtl>>,
     pub inbox: Vec<Receiver<Vec<Event>>>,
     pub outbox: Vec<Option<Sender<Vec<Event>>>>,
@@ -164,6 +170,8 @@ impl Shard {
             listener: init.listener,
             stomp_listener: init.stomp_listener,
             mqtt_listener: init.mqtt_listener,
+            shm_listener: init.shm_listener,
+            shm_slots: Vec::new(),
             mqtt_registry: Default::default(),
             ctls: init.ctls,
             inbox: init.inbox,
@@ -210,6 +218,9 @@ impl Shard {
         }
         if self.mqtt_listener.is_some() {
             self.arm_accept(LISTENER_MQTT);
+        }
+        if self.shm_listener.is_some() {
+            self.arm_accept(LISTENER_SHM);
         }
         self.arm_wake();
         self.ring.submit()?;
@@ -262,6 +273,7 @@ impl Shard {
             self.on_completion(*c);
         }
         self.completions = completions;
+        work += self.poll_shm();
         work += self.apply_local();
         self.dispatch_queues();
         work += self.apply_local();
@@ -277,6 +289,7 @@ impl Shard {
     }
 
     fn sleep(&mut self) -> std::io::Result<()> {
+        self.set_shm_waiting(true);
         let ctl = &self.ctls[self.id as usize];
         ctl.sleeping.store(true, Ordering::SeqCst);
         // Pairs with the fence in `flush_mailboxes`: either the peer sees `sleeping` and signals,
@@ -284,11 +297,14 @@ impl Shard {
         // acquire/release, which would let both sides miss each other).
         std::sync::atomic::fence(Ordering::SeqCst);
         // A peer that pushed before seeing `sleeping` did not signal: look once more.
-        let pending = self.inbox.iter().any(|r| !r.is_empty()) || self.ring.has_completions();
+        let pending = self.inbox.iter().any(|r| !r.is_empty())
+            || self.ring.has_completions()
+            || self.shm_pending();
         if !pending {
             self.ring.submit_and_wait(HOUSEKEEPING_TICK)?;
         }
-        ctl.sleeping.store(false, Ordering::SeqCst);
+        self.ctls[self.id as usize].sleeping.store(false, Ordering::SeqCst);
+        self.set_shm_waiting(false);
         self.now_ms = self.start.elapsed().as_millis() as u64;
         self.housekeeping();
         Ok(())
@@ -324,6 +340,15 @@ impl Shard {
         }
         self.stomp_heart_beats();
         self.mqtt_timers();
+        for &slot in &self.shm_slots {
+            let Some(conn) = self.conns[slot as usize].as_mut() else { continue };
+            if conn.closing && conn.flush_on_close && now >= conn.closing_since_ms + CLOSE_LINGER_MS
+            {
+                // A client that stopped reading its ring never drains the final ERROR.
+                conn.flush_on_close = false;
+                self.dirty_conns.push(slot);
+            }
+        }
         for conn in self.conns.iter_mut().flatten() {
             if conn.closing && conn.send_inflight && now >= conn.closing_since_ms + CLOSE_LINGER_MS
             {
@@ -345,6 +370,12 @@ impl Shard {
 
     pub fn submit_journal_sync(&mut self, fd: RawFd, journal: u32) {
         self.ring.fdatasync(fd, user_data(op::JOURNAL_SYNC, 0, journal));
+    }
+
+    /// This shard's wake-up eventfd (peers and shm clients write it while the shard sleeps).
+    pub fn wake_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.ctls[self.id as usize].eventfd.as_fd()
     }
 
     fn arm_wake(&mut self) {
@@ -487,6 +518,7 @@ impl Shard {
         let fd = match which {
             LISTENER_STOMP => self.stomp_listener.as_ref().expect("stomp listener").as_raw_fd(),
             LISTENER_MQTT => self.mqtt_listener.as_ref().expect("mqtt listener").as_raw_fd(),
+            LISTENER_SHM => self.shm_listener.as_ref().expect("shm listener").as_raw_fd(),
             _ => self.listener.as_raw_fd(),
         };
         self.ring.accept_multi(fd, user_data(op::ACCEPT, 0, which));
@@ -516,6 +548,24 @@ impl Shard {
         }
         if which == LISTENER_MQTT {
             conn.mqtt = Some(Box::new(crate::gateway::mqtt::session::Session::new(self.now_ms)));
+        }
+        if which == LISTENER_SHM {
+            // SAFETY: `fd` was just accepted and stays open until this function closes it or
+            // hands it to the connection.
+            let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            match self.shm_handshake(sock) {
+                Ok(shm) => {
+                    conn.shm = Some(Box::new(shm));
+                    self.shm_slots.push(slot);
+                }
+                Err(why) => {
+                    eprintln!("rdmq: shard {}: shm connection refused: {why}", self.id);
+                    rdmq_client::shm::send_refusal(sock, &why);
+                    self.ring.close(fd, user_data(op::CLOSE, 0, 0));
+                    self.free_slots.push(slot);
+                    return;
+                }
+            }
         }
         self.conns[slot as usize] = Some(conn);
         self.ring.recv_multi(fd, user_data(op::RECV, generation, slot));
@@ -609,6 +659,10 @@ impl Shard {
             let Some(conn) = self.conns[slot as usize].as_mut() else {
                 continue;
             };
+            if conn.shm.is_some() {
+                self.flush_shm(slot);
+                continue;
+            }
             if conn.send_inflight {
                 continue;
             }
@@ -679,7 +733,7 @@ impl Shard {
     }
 
     /// Frees the slot of a closing connection once no operation references its memory.
-    fn maybe_release(&mut self, slot: u32) {
+    pub(crate) fn maybe_release(&mut self, slot: u32) {
         let Some(conn) = self.conns[slot as usize].as_ref() else {
             return;
         };
@@ -689,6 +743,9 @@ impl Shard {
             return;
         }
         let conn = self.conns[slot as usize].take().expect("checked");
+        if conn.shm.is_some() {
+            self.shm_slots.retain(|&s| s != slot);
+        }
         self.ring.close(conn.fd, user_data(op::CLOSE, 0, 0));
         self.free_slots.push(slot);
     }

@@ -13,6 +13,7 @@ use std::net::TcpStream;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::shm::ShmStream;
 use crate::wire::deliver::FLAG_REDELIVERED;
 use crate::wire::frame::{FLAG_MULTIPLE, FLAG_NO_CONFIRM, FRAME_BODY_MAX};
 use crate::wire::publish::{DestKind, PublishWriter};
@@ -151,8 +152,19 @@ struct OpenBatch {
     writer: PublishWriter,
 }
 
+/// The byte stream a connection speaks the protocol over.
+enum Transport {
+    Tcp(TcpStream),
+    /// Shared memory: frames are written into and read from rings mapped in both processes.
+    Shm(Box<ShmStream>),
+}
+
 struct Inner {
-    sock: TcpStream,
+    sock: Transport,
+    /// Largest record (payload plus its optional parts) one send may carry: unbounded over
+    /// TCP (the server's `frame_body_max` applies), half a ring over shared memory, where a
+    /// whole frame must fit the server's receive ring.
+    record_max: usize,
     opts: ConnectionOptions,
     /// Read buffer: bytes `[rpos, rend)` are received and not yet dispatched. Its length is its
     /// capacity, zeroed once, so a read never pays for initialising memory.
@@ -228,6 +240,8 @@ impl<V: Default> IdMap<V> {
 /// DELIVER frame buffers kept for reuse: enough for a consumer holding a full credit window
 /// spread over many frames, small enough to scan per frame.
 const FRAME_POOL_MAX: usize = 64;
+/// How long a writer facing a full shm ring sleeps before looking at its input again.
+const SHM_WRITE_WAIT: Duration = Duration::from_millis(1);
 /// Read buffer growth step: one read syscall takes up to this much.
 const READ_CHUNK: usize = 256 << 10;
 
@@ -237,20 +251,32 @@ impl Connection {
     }
 
     pub fn connect_with(url: &str, opts: ConnectionOptions) -> Result<Connection, Error> {
-        let addr = match Endpoint::parse(url)? {
-            Endpoint::Tcp(addr) => addr,
-            Endpoint::Rdma(_) => {
-                return Err(Error::Url("the rdma:// transport is not built yet (issue #4)".into()))
+        let mut opts = opts;
+        let (sock, record_max) = match Endpoint::parse(url)? {
+            Endpoint::Tcp(addr) => {
+                let sock = TcpStream::connect(&addr)?;
+                sock.set_nodelay(true)?;
+                sock.set_nonblocking(opts.busy_poll)?;
+                (Transport::Tcp(sock), usize::MAX)
             }
-            Endpoint::Shm(_) => {
-                return Err(Error::Url("the shm:// transport is not built yet (issue #4)".into()))
+            Endpoint::Rdma(_) => {
+                return Err(Error::Url(
+                    "the rdma:// transport is not built yet (issue #4); use tcp:// or shm://"
+                        .into(),
+                ))
+            }
+            Endpoint::Shm(path) => {
+                let mut s = ShmStream::connect(std::path::Path::new(&path))?;
+                s.set_busy_poll(opts.busy_poll);
+                let ring = s.ring_bytes();
+                // Batches close well below the ring so a frame always fits it whole.
+                opts.batch_bytes = opts.batch_bytes.min(ring / 4);
+                (Transport::Shm(Box::new(s)), ring / 2)
             }
         };
-        let sock = TcpStream::connect(&addr)?;
-        sock.set_nodelay(true)?;
-        sock.set_nonblocking(opts.busy_poll)?;
         let mut inner = Inner {
             sock,
+            record_max,
             opts,
             rbuf: vec![0; READ_CHUNK],
             rpos: 0,
@@ -482,7 +508,26 @@ impl Inner {
         self.close_batch();
         let mut at = 0;
         while at < self.wbuf.len() {
-            match self.sock.write(&self.wbuf[at..]) {
+            let written = match &mut self.sock {
+                Transport::Tcp(s) => s.write(&self.wbuf[at..]),
+                Transport::Shm(s) => match s.write_some(&self.wbuf[at..]) {
+                    0 => {
+                        // The server's ring is full: take in what it sent meanwhile (it never
+                        // stops reading for that, but our own buffers should not grow), then
+                        // sleep until it frees space.
+                        self.read_some(Some(Instant::now()))?;
+                        let Transport::Shm(s) = &mut self.sock else { unreachable!() };
+                        let soon = Instant::now() + SHM_WRITE_WAIT;
+                        match s.wait_writable(Some(soon)) {
+                            Ok(()) => continue,
+                            Err(e) if e.kind() == ErrorKind::TimedOut => continue,
+                            Err(_) => return Err(self.fail("server closed the connection")),
+                        }
+                    }
+                    n => Ok(n),
+                },
+            };
+            match written {
                 Ok(0) => return Err(self.fail("server closed the connection")),
                 Ok(n) => at += n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
@@ -520,7 +565,7 @@ impl Inner {
         }
         let len = self.rend;
         let got = loop {
-            if !self.opts.busy_poll {
+            if !self.opts.busy_poll && matches!(self.sock, Transport::Tcp(_)) {
                 // set_read_timeout rejects zero; one microsecond is "now".
                 let wait = deadline.map(|d| {
                     d.saturating_duration_since(Instant::now()).max(Duration::from_micros(1))
@@ -533,11 +578,24 @@ impl Inner {
                     _ => true,
                 };
                 if stale {
-                    self.sock.set_read_timeout(wait)?;
+                    let Transport::Tcp(sock) = &self.sock else { unreachable!() };
+                    sock.set_read_timeout(wait)?;
                     self.read_timeout = wait;
                 }
             }
-            match self.sock.read(&mut self.rbuf[len..]) {
+            let sock = match &mut self.sock {
+                Transport::Tcp(s) => s,
+                Transport::Shm(s) => match s.read_until(&mut self.rbuf[len..], deadline) {
+                    Ok(0) => return Err(self.fail("server closed the connection")),
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == ErrorKind::TimedOut => return Ok(false),
+                    Err(e) => {
+                        self.closed = Some(e.to_string());
+                        return Err(Error::Io(e));
+                    }
+                },
+            };
+            match sock.read(&mut self.rbuf[len..]) {
                 Ok(0) => {
                     return Err(self.fail("server closed the connection"));
                 }
@@ -778,6 +836,17 @@ impl Producer {
         let mut inner = self.inner.borrow_mut();
         inner.check_open()?;
         inner.take_publish_error()?;
+        let size = payload.len()
+            + meta.correlation_id.len()
+            + meta.reply_to.len()
+            + meta.headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>();
+        if size > inner.record_max {
+            return Err(Error::InvalidArgument(format!(
+                "a message of {size} bytes does not fit this transport (at most {} bytes: half \
+                 the shm ring)",
+                inner.record_max
+            )));
+        }
         let same = inner.open.as_ref().is_some_and(|o| {
             o.kind == self.kind && o.name == self.name && o.confirm == self.confirm
         });

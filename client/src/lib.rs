@@ -20,6 +20,7 @@
 //! ```
 #![deny(unsafe_code)]
 
+pub mod shm;
 pub mod wire;
 
 mod client;

@@ -1,0 +1,819 @@
+//! The shared-memory transport (`shm:///path/to/socket`): the native frame stream over two byte
+//! rings in one memory-mapped file, for processes on one host. Both ends live here, so the
+//! layout is written once: the server's shard loop uses [`Region`] and [`Ring`] directly;
+//! clients, and the bench tool's raw baseline, use the blocking [`ShmStream`].
+//!
+//! Set-up: the client connects to the server's Unix socket. The server checks the peer's
+//! credentials (`SO_PEERCRED`), creates the region (a memfd, in 2 MiB huge pages when the host
+//! has enough free, else ordinary pages) and sends one handshake message carrying three
+//! descriptors with `SCM_RIGHTS`: the region, the server's wake-up eventfd and the client's.
+//! Only that peer ever holds the region's descriptor; the socket file's mode and the uid check
+//! decide who may become a peer. The socket then carries no data; it stays open so each side
+//! learns at once when the other process dies (EOF/HUP).
+//!
+//! ```text
+//! region file:  [control: one page][c2s ring: cap bytes][s2c ring: cap bytes]
+//! mapping:      [control][c2s][c2s again][s2c][s2c again]
+//! ```
+//! Each ring is mapped twice back to back, so any span of up to `cap` bytes that starts anywhere
+//! in the ring is contiguous in memory: the server parses frames in place even where they wrap.
+//!
+//! Positions only grow: a ring's `tail` counts bytes written (stored by its producer, release),
+//! `head` bytes consumed (stored by its consumer, release). Free space is
+//! `cap - (tail - head)`; byte `p` lives at offset `p & (cap - 1)`.
+//!
+//! Wake-ups (Dekker, as between the server's shards): a side about to block sets its `waiting`
+//! flag, fences (SeqCst) and looks at the rings once more before sleeping on its eventfd; a side
+//! that made progress (wrote bytes, or consumed and so freed space) fences and, if the peer's
+//! flag is set, writes the peer's eventfd. A busy-polling side never sets its flag, so its peer
+//! never pays for the syscall.
+//!
+//! Trust: both processes map the rings read-write. The server reads only the span between its
+//! head and the client's tail, bounds-checks every frame like bytes from a socket, and copies
+//! what it keeps; a client that scribbles on bytes it already published can corrupt only its
+//! own messages. Who may connect is therefore the whole access control: see `peer_uid`.
+#![allow(unsafe_code)]
+
+use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::ptr::NonNull;
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// First bytes of the handshake message and of the control block.
+const MAGIC: [u8; 8] = *b"RDMQSHM1";
+/// First bytes of a refusal (followed by the reason in UTF-8, no descriptors).
+const REFUSED: [u8; 8] = *b"RDMQERR1";
+/// Handshake message: magic, control bytes, ring bytes, huge-page flag.
+const HANDSHAKE_LEN: usize = 32;
+/// Descriptors in the handshake: region, server wake-up, client wake-up.
+const HANDSHAKE_FDS: usize = 3;
+/// Ordinary and huge page sizes: rings and the control block are whole pages of the mapping.
+const PAGE: usize = 4096;
+const HUGE_PAGE: usize = 2 << 20;
+/// Smallest and largest ring: one frame header plus a small body at least; bounded so one
+/// connection cannot ask for absurd amounts of memory.
+pub const RING_BYTES_MIN: usize = 64 << 10;
+pub const RING_BYTES_MAX: usize = 1 << 30;
+/// A busy-polling reader checks its socket for a dead peer this often (in empty polls).
+const BUSY_LIVENESS_EVERY: u32 = 4096;
+/// Longest a blocking wait sleeps before re-checking: bounds the cost of a lost wake-up race
+/// with a peer that died between the two.
+const WAIT_SLICE: Duration = Duration::from_millis(100);
+
+/// A value alone on its own 128-byte line (two cache lines, against adjacent-line prefetch).
+#[repr(C, align(128))]
+pub struct Line<T>(pub T);
+
+/// The control block at the start of the region.
+#[repr(C)]
+pub struct Control {
+    magic: Line<[u8; 8]>,
+    ring_bytes: Line<u64>,
+    /// Client-to-server ring: tail by the client, head by the server.
+    pub c2s_tail: Line<AtomicU64>,
+    pub c2s_head: Line<AtomicU64>,
+    /// Server-to-client ring: tail by the server, head by the client.
+    pub s2c_tail: Line<AtomicU64>,
+    pub s2c_head: Line<AtomicU64>,
+    /// Set by a side about to sleep on its eventfd.
+    pub server_waiting: Line<AtomicU32>,
+    pub client_waiting: Line<AtomicU32>,
+}
+
+const _: () = assert!(std::mem::size_of::<Control>() == 8 * 128);
+const _: () = assert!(std::mem::size_of::<Control>() <= PAGE);
+const _: () = assert!(RING_BYTES_MIN.is_power_of_two() && RING_BYTES_MIN % PAGE == 0);
+const _: () = assert!(HUGE_PAGE % PAGE == 0);
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// One connection's mapped region: the control block and both rings.
+pub struct Region {
+    base: NonNull<u8>,
+    map_len: usize,
+    ctrl_bytes: usize,
+    cap: usize,
+    huge: bool,
+    file: OwnedFd,
+}
+
+impl Region {
+    /// Creates a region with rings of `ring_bytes` (a power of two, at least
+    /// [`RING_BYTES_MIN`]) in a new memfd: in huge pages if `try_huge` and the kernel has them
+    /// free, else in ordinary pages.
+    pub fn create(ring_bytes: usize, try_huge: bool) -> io::Result<Region> {
+        if !ring_bytes.is_power_of_two() || !(RING_BYTES_MIN..=RING_BYTES_MAX).contains(&ring_bytes)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("shm ring of {ring_bytes} bytes: must be a power of two in 64 KiB..1 GiB"),
+            ));
+        }
+        if try_huge && ring_bytes >= HUGE_PAGE {
+            if let Ok(r) = Self::create_in(ring_bytes, true) {
+                return Ok(r);
+            }
+        }
+        Self::create_in(ring_bytes, false)
+    }
+
+    fn create_in(cap: usize, huge: bool) -> io::Result<Region> {
+        let ctrl_bytes = if huge { HUGE_PAGE } else { PAGE };
+        let flags = libc::MFD_CLOEXEC | if huge { libc::MFD_HUGETLB } else { 0 };
+        // SAFETY: memfd_create with a NUL-terminated constant name; the result is checked.
+        let fd = cvt(unsafe { libc::memfd_create(c"rdmq-shm".as_ptr(), flags) })?;
+        // SAFETY: `fd` was just created and is owned by nobody else.
+        let file = unsafe { OwnedFd::from_raw_fd(fd) };
+        let len = (ctrl_bytes + 2 * cap) as libc::off_t;
+        // SAFETY: ftruncate on a descriptor we own.
+        cvt(unsafe { libc::ftruncate(file.as_raw_fd(), len) })?;
+        let region = Self::map(file, ctrl_bytes, cap, huge)?;
+        // Touch every page now: a huge-page region without backing pages fails here (SIGBUS
+        // later would kill the server), and no first message pays for page faults.
+        if huge {
+            // SAFETY: MADV_POPULATE_WRITE on our own mapping of the file; fails cleanly when
+            // the huge pages are not there.
+            let rc = unsafe {
+                libc::madvise(
+                    region.base.as_ptr().cast(),
+                    ctrl_bytes + 4 * cap,
+                    23, // MADV_POPULATE_WRITE (Linux 5.14)
+                )
+            };
+            cvt(rc)?;
+        }
+        let ctrl = region.ctrl_ptr();
+        // SAFETY: the control block is inside the mapping and nobody else has the file yet.
+        unsafe {
+            (*ctrl).magic.0 = MAGIC;
+            (*ctrl).ring_bytes.0 = cap as u64;
+        }
+        Ok(region)
+    }
+
+    /// Maps a region received in a handshake and checks its control block.
+    fn open(file: OwnedFd, ctrl_bytes: usize, cap: usize, huge: bool) -> io::Result<Region> {
+        let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
+        if !cap.is_power_of_two() || !(RING_BYTES_MIN..=RING_BYTES_MAX).contains(&cap) {
+            return Err(bad(format!("shm handshake: ring of {cap} bytes")));
+        }
+        if ctrl_bytes != if huge { HUGE_PAGE } else { PAGE } {
+            return Err(bad(format!("shm handshake: control block of {ctrl_bytes} bytes")));
+        }
+        // SAFETY: stat is plain old data; fstat fills it for a descriptor we own.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `st` outlives the call.
+        cvt(unsafe { libc::fstat(file.as_raw_fd(), &mut st) })?;
+        if (st.st_size as u64) < (ctrl_bytes + 2 * cap) as u64 {
+            return Err(bad(format!("shm region file of {} bytes is too small", st.st_size)));
+        }
+        let region = Self::map(file, ctrl_bytes, cap, huge)?;
+        // SAFETY: the control block is inside the mapping; magic is written once, before the
+        // server sent the descriptor.
+        let magic = unsafe { (*region.ctrl_ptr()).magic.0 };
+        // SAFETY: as above.
+        let ring = unsafe { (*region.ctrl_ptr()).ring_bytes.0 };
+        if magic != MAGIC || ring != cap as u64 {
+            return Err(bad("shm region: bad control block".into()));
+        }
+        Ok(region)
+    }
+
+    /// Reserves address space and maps the control block and each ring twice into it.
+    fn map(file: OwnedFd, ctrl_bytes: usize, cap: usize, huge: bool) -> io::Result<Region> {
+        let map_len = ctrl_bytes + 4 * cap;
+        // SAFETY: an anonymous PROT_NONE reservation; nothing is accessed through it.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = NonNull::new(base.cast::<u8>()).expect("mmap returned non-null");
+        // Owned from here on: Drop unmaps the whole reservation on any error below.
+        let region = Region { base, map_len, ctrl_bytes, cap, huge, file };
+        let pieces = [
+            (0, 0, ctrl_bytes),
+            (ctrl_bytes, ctrl_bytes, cap),
+            (ctrl_bytes + cap, ctrl_bytes, cap),
+            (ctrl_bytes + 2 * cap, ctrl_bytes + cap, cap),
+            (ctrl_bytes + 3 * cap, ctrl_bytes + cap, cap),
+        ];
+        for (at, offset, len) in pieces {
+            // SAFETY: MAP_FIXED inside our own reservation (`at + len <= map_len`), so no other
+            // mapping is replaced; the file is at least `ctrl_bytes + 2 * cap` long.
+            let p = unsafe {
+                libc::mmap(
+                    region.base.as_ptr().add(at).cast(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_FIXED,
+                    region.file.as_raw_fd(),
+                    offset as libc::off_t,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(region)
+    }
+
+    fn ctrl_ptr(&self) -> *mut Control {
+        self.base.as_ptr().cast()
+    }
+
+    pub fn ctrl(&self) -> &Control {
+        // SAFETY: the control block is mapped for the region's life, aligned (page), and its
+        // shared fields are atomics; `magic` and `ring_bytes` are not written after creation.
+        unsafe { &*self.ctrl_ptr() }
+    }
+
+    /// Bytes per ring.
+    pub fn ring_bytes(&self) -> usize {
+        self.cap
+    }
+
+    /// Whether the region lives in huge pages.
+    pub fn huge(&self) -> bool {
+        self.huge
+    }
+
+    /// The client-to-server ring.
+    pub fn c2s(&self) -> Ring<'_> {
+        let c = self.ctrl();
+        // SAFETY: the c2s ring's two mappings start right after the control block.
+        let data = unsafe { self.base.as_ptr().add(self.ctrl_bytes) };
+        Ring { data, cap: self.cap, head: &c.c2s_head.0, tail: &c.c2s_tail.0 }
+    }
+
+    /// The server-to-client ring.
+    pub fn s2c(&self) -> Ring<'_> {
+        let c = self.ctrl();
+        // SAFETY: the s2c ring's two mappings follow the c2s ring's.
+        let data = unsafe { self.base.as_ptr().add(self.ctrl_bytes + 2 * self.cap) };
+        Ring { data, cap: self.cap, head: &c.s2c_head.0, tail: &c.s2c_tail.0 }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the reservation made in `map`; no `Ring` or slice borrowed
+        // from the region outlives it (they borrow `&self`).
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.map_len) };
+    }
+}
+
+/// One direction of a region: a single-producer single-consumer byte ring.
+pub struct Ring<'a> {
+    data: *mut u8,
+    cap: usize,
+    head: &'a AtomicU64,
+    tail: &'a AtomicU64,
+}
+
+impl Ring<'_> {
+    /// Producer: bytes that can be written now.
+    pub fn free(&self) -> usize {
+        let tail = self.tail.load(Ordering::Relaxed);
+        let head = self.head.load(Ordering::Acquire);
+        self.cap - (tail.wrapping_sub(head) as usize).min(self.cap)
+    }
+
+    /// Producer: copies as much of `src` as fits and publishes it; returns the bytes written.
+    pub fn write(&self, src: &[u8]) -> usize {
+        let n = self.free().min(src.len());
+        if n == 0 {
+            return 0;
+        }
+        let tail = self.tail.load(Ordering::Relaxed);
+        let at = tail as usize & (self.cap - 1);
+        // SAFETY: `[at, at + n)` with `n <= cap` lies inside the ring's double mapping, and the
+        // span `[tail, tail + n)` is free (`n <= free`): the consumer does not read it until the
+        // release store below publishes it.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.data.add(at), n) };
+        self.tail.store(tail + n as u64, Ordering::Release);
+        n
+    }
+
+    /// Consumer: bytes written and not yet consumed.
+    pub fn readable(&self) -> usize {
+        let tail = self.tail.load(Ordering::Acquire);
+        let head = self.head.load(Ordering::Relaxed);
+        (tail.wrapping_sub(head) as usize).min(self.cap)
+    }
+
+    /// Consumer: the readable bytes, contiguous (the double mapping joins a wrapped span).
+    /// Valid until `consume` gives them back, which needs `&mut self`.
+    pub fn peek(&self) -> &[u8] {
+        let n = self.readable();
+        let at = self.head.load(Ordering::Relaxed) as usize & (self.cap - 1);
+        // SAFETY: `[at, at + n)` with `n <= cap` is inside the double mapping, and those bytes
+        // were published by the producer's release store (acquired in `readable`); the producer
+        // does not write them again until `consume` moves the head past them.
+        unsafe { std::slice::from_raw_parts(self.data.add(at), n) }
+    }
+
+    /// Consumer: gives `n` bytes back to the producer.
+    pub fn consume(&mut self, n: usize) {
+        let head = self.head.load(Ordering::Relaxed);
+        assert!(n <= self.readable(), "consume past tail");
+        self.head.store(head + n as u64, Ordering::Release);
+    }
+}
+
+/// Which end of a region a stream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+/// What a server sends after accepting: the region and both wake-up eventfds.
+pub fn send_handshake(
+    sock: BorrowedFd<'_>,
+    region: &Region,
+    server_wake: BorrowedFd<'_>,
+    client_wake: BorrowedFd<'_>,
+) -> io::Result<()> {
+    let mut msg = [0u8; HANDSHAKE_LEN];
+    msg[..8].copy_from_slice(&MAGIC);
+    msg[8..16].copy_from_slice(&(region.ctrl_bytes as u64).to_le_bytes());
+    msg[16..24].copy_from_slice(&(region.cap as u64).to_le_bytes());
+    msg[24] = region.huge as u8;
+    let fds = [region.file.as_raw_fd(), server_wake.as_raw_fd(), client_wake.as_raw_fd()];
+    send_with_fds(sock.as_raw_fd(), &msg, &fds)
+}
+
+/// Tells a connecting peer why it is refused (no descriptors), before closing.
+pub fn send_refusal(sock: BorrowedFd<'_>, why: &str) {
+    let mut msg = REFUSED.to_vec();
+    msg.extend_from_slice(why.as_bytes());
+    let _ = send_with_fds(sock.as_raw_fd(), &msg, &[]);
+}
+
+fn send_with_fds(sock: RawFd, msg: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let fd_bytes = std::mem::size_of_val(fds);
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    let mut iov = [IoSlice::new(msg)];
+    // SAFETY: msghdr is plain old data; all-zero is valid before the fields are set.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_iov = iov.as_mut_ptr().cast();
+    hdr.msg_iovlen = 1;
+    if !fds.is_empty() {
+        hdr.msg_control = cbuf.as_mut_ptr().cast();
+        hdr.msg_controllen = space as _;
+        // SAFETY: the control buffer is `space` bytes, aligned for cmsghdr, so the first header
+        // and `fd_bytes` of data fit in it.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&hdr);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
+            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c).cast(), fds.len());
+        }
+    }
+    // SAFETY: `hdr` points at live buffers for the call's duration.
+    let n = unsafe { libc::sendmsg(sock, &hdr, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n as usize != msg.len() {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "short shm handshake write"));
+    }
+    Ok(())
+}
+
+/// Receives the handshake: the message and up to three descriptors.
+fn recv_handshake(sock: RawFd) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    let mut buf = vec![0u8; 4096];
+    let fd_bytes = HANDSHAKE_FDS * std::mem::size_of::<RawFd>();
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    let mut iov = [libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() }];
+    // SAFETY: msghdr is plain old data; all-zero is valid before the fields are set.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_iov = iov.as_mut_ptr();
+    hdr.msg_iovlen = 1;
+    hdr.msg_control = cbuf.as_mut_ptr().cast();
+    hdr.msg_controllen = space as _;
+    // SAFETY: `hdr` points at live buffers for the call's duration; received descriptors are
+    // close-on-exec.
+    let n = unsafe { libc::recvmsg(sock, &mut hdr, libc::MSG_CMSG_CLOEXEC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    let mut fds = Vec::new();
+    // SAFETY: walks the control messages the kernel wrote into `cbuf`, within
+    // `msg_controllen`; each SCM_RIGHTS payload holds whole descriptors, now owned by us.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&hdr);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c).cast::<RawFd>();
+                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                    / std::mem::size_of::<RawFd>();
+                for i in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&hdr, c);
+        }
+    }
+    Ok((buf, fds))
+}
+
+/// The uid of the process at the other end of a Unix socket.
+pub fn peer_uid(sock: BorrowedFd<'_>) -> io::Result<u32> {
+    // SAFETY: ucred is plain old data; all-zero is valid.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` outlive the call and `len` is its size.
+    cvt(unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(cred.uid)
+}
+
+/// This process's effective uid.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// A non-blocking, close-on-exec eventfd.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd(2) with constant flags; the result is checked.
+    let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds one to an eventfd; a saturated counter (EAGAIN) still means "awake".
+pub fn signal(fd: BorrowedFd<'_>) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live u64 to an eventfd the caller keeps open.
+    let _ = unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+}
+
+/// Resets an eventfd's counter (non-blocking).
+fn drain(fd: BorrowedFd<'_>) {
+    let mut v: u64 = 0;
+    // SAFETY: reads at most 8 bytes into a live u64.
+    let _ = unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+}
+
+/// Waits until `wake` or `sock` is readable (or hung up), or `timeout` passes.
+/// Returns whether `sock` reported something (the peer closed, or broke protocol).
+fn wait(wake: BorrowedFd<'_>, sock: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
+    let mut fds = [
+        libc::pollfd { fd: wake.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+    ];
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `fds` and `ts` outlive the call; no signal mask is changed.
+    let rc = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &ts, std::ptr::null()) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
+    }
+    Ok(fds[1].revents != 0)
+}
+
+/// One end of a shared-memory connection, blocking, with an optional busy-poll mode: what a
+/// client speaks the native protocol over, and what the bench tool's raw baseline uses.
+pub struct ShmStream {
+    region: Region,
+    side: Side,
+    sock: UnixStream,
+    /// Woken by the peer.
+    my_wake: OwnedFd,
+    /// Written to wake the peer.
+    peer_wake: OwnedFd,
+    busy_poll: bool,
+    /// The peer closed its socket (its process exited or it closed the connection).
+    peer_gone: bool,
+}
+
+impl ShmStream {
+    /// Connects to a server's shm socket and maps the region it hands over.
+    pub fn connect(path: &Path) -> io::Result<ShmStream> {
+        let sock = UnixStream::connect(path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot connect to shm socket {}: {e}", path.display()),
+            )
+        })?;
+        let (msg, mut fds) = recv_handshake(sock.as_raw_fd())?;
+        if msg.starts_with(&REFUSED) {
+            let why = String::from_utf8_lossy(&msg[REFUSED.len()..]).into_owned();
+            return Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
+        }
+        if msg.len() != HANDSHAKE_LEN || msg[..8] != MAGIC || fds.len() != HANDSHAKE_FDS {
+            let m = if msg.is_empty() {
+                "the server closed the shm socket during the handshake".to_string()
+            } else {
+                format!("bad shm handshake ({} bytes, {} descriptors)", msg.len(), fds.len())
+            };
+            return Err(io::Error::new(io::ErrorKind::InvalidData, m));
+        }
+        let ctrl_bytes = u64::from_le_bytes(msg[8..16].try_into().expect("8 bytes")) as usize;
+        let cap = u64::from_le_bytes(msg[16..24].try_into().expect("8 bytes")) as usize;
+        let huge = msg[24] != 0;
+        let client_wake = fds.pop().expect("three");
+        let server_wake = fds.pop().expect("three");
+        let file = fds.pop().expect("three");
+        let region = Region::open(file, ctrl_bytes, cap, huge)?;
+        Ok(ShmStream {
+            region,
+            side: Side::Client,
+            sock,
+            my_wake: client_wake,
+            peer_wake: server_wake,
+            busy_poll: false,
+            peer_gone: false,
+        })
+    }
+
+    /// Accepts one connection on `listener` and acts as the server end (the bench tool's raw
+    /// baseline: the same rings and wake-ups, no broker).
+    pub fn accept(listener: &UnixListener, ring_bytes: usize) -> io::Result<ShmStream> {
+        let (sock, _) = listener.accept()?;
+        let region = Region::create(ring_bytes, true)?;
+        let (server_wake, client_wake) = (eventfd()?, eventfd()?);
+        send_handshake(sock.as_fd(), &region, server_wake.as_fd(), client_wake.as_fd())?;
+        Ok(ShmStream {
+            region,
+            side: Side::Server,
+            sock,
+            my_wake: server_wake,
+            peer_wake: client_wake,
+            busy_poll: false,
+            peer_gone: false,
+        })
+    }
+
+    /// Spin instead of sleeping on the eventfd: lowest latency, one busy core.
+    pub fn set_busy_poll(&mut self, on: bool) {
+        self.busy_poll = on;
+    }
+
+    /// Bytes per ring: the largest frame the server accepts over this connection.
+    pub fn ring_bytes(&self) -> usize {
+        self.region.ring_bytes()
+    }
+
+    fn rings(&self) -> (Ring<'_>, Ring<'_>) {
+        match self.side {
+            Side::Client => (self.region.s2c(), self.region.c2s()),
+            Side::Server => (self.region.c2s(), self.region.s2c()),
+        }
+    }
+
+    fn flags(&self) -> (&AtomicU32, &AtomicU32) {
+        let c = self.region.ctrl();
+        match self.side {
+            Side::Client => (&c.client_waiting.0, &c.server_waiting.0),
+            Side::Server => (&c.server_waiting.0, &c.client_waiting.0),
+        }
+    }
+
+    /// Wakes the peer if it said it is about to sleep.
+    fn nudge(&self) {
+        fence(Ordering::SeqCst);
+        if self.flags().1.load(Ordering::Relaxed) != 0 {
+            signal(self.peer_wake.as_fd());
+        }
+    }
+
+    /// Writes as much of `src` as the ring has room for, without waiting.
+    pub fn write_some(&mut self, src: &[u8]) -> usize {
+        let n = self.rings().1.write(src);
+        if n > 0 {
+            self.nudge();
+        }
+        n
+    }
+
+    /// Copies readable bytes into `dst` without waiting; returns the count.
+    pub fn read_now(&mut self, dst: &mut [u8]) -> usize {
+        let (mut rx, _) = self.rings();
+        let src = rx.peek();
+        let n = src.len().min(dst.len());
+        dst[..n].copy_from_slice(&src[..n]);
+        if n > 0 {
+            rx.consume(n);
+            self.nudge();
+        }
+        n
+    }
+
+    /// Reads at least one byte, waiting until `deadline` (forever if `None`). `Ok(0)`: the peer
+    /// closed and everything it wrote has been read. `TimedOut`: the deadline passed.
+    pub fn read_until(&mut self, dst: &mut [u8], deadline: Option<Instant>) -> io::Result<usize> {
+        self.wait_for(deadline, |s| s.rings().0.readable() > 0)?;
+        let n = self.read_now(dst);
+        if n == 0 {
+            return Ok(0); // the peer is gone and left nothing
+        }
+        Ok(n)
+    }
+
+    /// Waits until the outgoing ring has room (or the deadline passes, or the peer is gone).
+    pub fn wait_writable(&mut self, deadline: Option<Instant>) -> io::Result<()> {
+        self.wait_for(deadline, |s| s.rings().1.free() > 0)?;
+        if self.peer_gone {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "shm peer closed"));
+        }
+        Ok(())
+    }
+
+    /// Waits until `ready` holds or the peer is gone; `TimedOut` at the deadline.
+    fn wait_for(
+        &mut self,
+        deadline: Option<Instant>,
+        ready: impl Fn(&ShmStream) -> bool,
+    ) -> io::Result<()> {
+        let mut spins = 0u32;
+        loop {
+            if ready(self) || self.peer_gone {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "shm read timed out"));
+            }
+            if self.busy_poll {
+                spins += 1;
+                if spins % BUSY_LIVENESS_EVERY == 0 {
+                    self.check_peer(Duration::ZERO)?;
+                }
+                std::thread::yield_now();
+                continue;
+            }
+            let (mine, _) = self.flags();
+            mine.store(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if ready(self) {
+                self.flags().0.store(0, Ordering::Relaxed);
+                return Ok(());
+            }
+            let slice = deadline.map_or(WAIT_SLICE, |d| d.saturating_duration_since(now));
+            let r = self.check_peer(slice.min(WAIT_SLICE));
+            self.flags().0.store(0, Ordering::Relaxed);
+            drain(self.my_wake.as_fd());
+            r?;
+        }
+    }
+
+    /// Sleeps on the eventfd and the socket for up to `timeout`; notes a closed peer.
+    fn check_peer(&mut self, timeout: Duration) -> io::Result<()> {
+        if wait(self.my_wake.as_fd(), self.sock.as_fd(), timeout)? {
+            let mut b = [0u8; 64];
+            // The socket carries nothing after the handshake: readable means closed (0) or a
+            // peer breaking the protocol; either way the connection is over.
+            self.sock.set_nonblocking(true)?;
+            match self.sock.read(&mut b) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                _ => self.peer_gone = true,
+            }
+        }
+        Ok(())
+    }
+
+    /// The socket, for callers that want to poll it themselves.
+    pub fn socket(&self) -> &UnixStream {
+        &self.sock
+    }
+}
+
+impl Read for ShmStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_until(buf, None)
+    }
+}
+
+impl Write for ShmStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            let n = self.write_some(buf);
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            self.wait_writable(None)?;
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_wraps_contiguously_and_counts_space() {
+        let region = Region::create(RING_BYTES_MIN, false).unwrap();
+        let (tx, mut rx) = (region.c2s(), region.c2s());
+        let cap = region.ring_bytes();
+        // Move the positions close to the end, so the next write wraps.
+        let filler = vec![7u8; cap - 10];
+        assert_eq!(tx.write(&filler), cap - 10);
+        assert_eq!(tx.free(), 10);
+        rx.consume(cap - 10);
+        assert_eq!(tx.free(), cap);
+        let msg: Vec<u8> = (0..100u8).collect();
+        assert_eq!(tx.write(&msg), 100);
+        // The span wraps past the end of the ring but reads as one slice.
+        assert_eq!(rx.peek(), &msg[..]);
+        rx.consume(40);
+        assert_eq!(rx.peek(), &msg[40..]);
+        // Full: only what fits is written.
+        let big = vec![1u8; cap];
+        assert_eq!(tx.write(&big), cap - 60);
+        assert_eq!(tx.free(), 0);
+        assert_eq!(tx.write(b"x"), 0);
+    }
+
+    #[test]
+    fn refuses_bad_sizes() {
+        assert!(Region::create(RING_BYTES_MIN + 1, false).is_err());
+        assert!(Region::create(RING_BYTES_MIN / 2, false).is_err());
+    }
+
+    #[test]
+    fn stream_round_trip_between_threads() {
+        let dir = std::env::temp_dir().join(format!("rdmq-shm-unit-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("s.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let mut s = ShmStream::accept(&listener, RING_BYTES_MIN).unwrap();
+            let mut buf = vec![0u8; 1000];
+            let mut total = 0usize;
+            // Echo 1 MiB back (more than the ring: exercises waiting on both sides).
+            while total < 1 << 20 {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0);
+                s.write_all(&buf[..n]).unwrap();
+                total += n;
+            }
+        });
+        let mut c = ShmStream::connect(&path).unwrap();
+        let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 7 % 251) as u8).collect();
+        let mut got = Vec::new();
+        let mut sent = 0;
+        let mut buf = vec![0u8; 4096];
+        while got.len() < data.len() {
+            if sent < data.len() {
+                sent += c.write_some(&data[sent..(sent + 3000).min(data.len())]);
+            }
+            let n = c.read_now(&mut buf);
+            got.extend_from_slice(&buf[..n]);
+            if n == 0 && sent == data.len() {
+                let n = c.read_until(&mut buf, Some(Instant::now() + Duration::from_secs(10)));
+                got.extend_from_slice(&buf[..n.unwrap()]);
+            }
+        }
+        assert_eq!(got, data);
+        server.join().unwrap();
+        // The server end is gone: reads end with 0 once the ring is empty.
+        assert_eq!(
+            c.read_until(&mut buf, Some(Instant::now() + Duration::from_secs(10))).unwrap(),
+            0
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
