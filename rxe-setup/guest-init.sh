@@ -31,7 +31,8 @@ fail() {
 
 job=
 probe=
-for w in $(cat /proc/cmdline); do
+read -r cmdline </proc/cmdline
+for w in $cmdline; do
     case $w in
         rdmqrxe_job=*) job=${w#*=} ;;
         rdmqrxe_probe=*) probe=${w#*=} ;;

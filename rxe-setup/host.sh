@@ -40,7 +40,7 @@ EOF
 
 # link_netdev: the netdev the device is bound to, empty if the device does not exist.
 link_netdev() {
-    rdma link show "$dev/1" 2>/dev/null | sed -n 's/.* netdev \([^ ]*\).*/\1/p'
+    { rdma link show "$dev/1" 2>/dev/null || true; } | sed -n 's/.* netdev \([^ ]*\).*/\1/p'
 }
 port_active() { rdma link show "$dev/1" 2>/dev/null | grep -q 'state ACTIVE'; }
 

@@ -48,7 +48,9 @@ apt_update() {
         apt_updated=1
     fi
 }
-mkdir -p "$cache" 2>/dev/null && [ -w "$cache" ] || die "cannot write $cache: run as root or set RXE_CACHE"
+if ! { mkdir -p "$cache" 2>/dev/null && [ -w "$cache" ]; }; then
+    die "cannot write $cache: run as root or set RXE_CACHE"
+fi
 exec 9>"$cache/.lock"
 flock 9 # one install at a time (two vm.sh calls may both find the cache missing)
 
@@ -99,7 +101,7 @@ fi
 kver=${kpkg#linux-image-}
 kdir=$cache/kernel/$kpkg
 
-if [ -n "${RXE_FORCE:-}" ]; then rm -rf "$kdir" "$cache/boot"; fi
+if [ -n "${RXE_FORCE:-}" ]; then rm -rf "$kdir" "${cache:?}/boot"; fi
 if [ ! -e "$kdir/done" ]; then
     rm -rf "$kdir"
     mkdir -p "$kdir/modules"
@@ -213,7 +215,7 @@ if [ ! -s "$cache/boot/stamp" ] || [ "$(cat "$cache/boot/stamp")" != "$stamp" ];
     echo "$kpkg" >"$cache/boot.new/kpkg"
     echo "$kver" >"$cache/boot.new/kver"
     echo "$stamp" >"$cache/boot.new/stamp"
-    rm -rf "$cache/boot"
+    rm -rf "${cache:?}/boot"
     mv "$cache/boot.new" "$cache/boot"
     rm -rf "$stage"
     trap - EXIT

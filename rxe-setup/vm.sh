@@ -61,14 +61,14 @@ qemu_args() {
     if [ "$accel" = kvm ]; then
         q+=(-accel kvm -cpu host)
     else
-        q+=(-accel tcg,thread=multi -cpu max)
+        q+=(-accel "tcg,thread=multi" -cpu max)
     fi
     q+=(-M q35 -smp "$smp" -m "$mem" -nodefaults -no-user-config -display none -serial stdio
         -no-reboot -kernel "$kernel" -initrd "$boot/initrd.gz"
         -append "console=ttyS0 panic=-1 quiet mitigations=off $append"
-        -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap
+        -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"
         -virtfs "local,path=${out//,/,,},mount_tag=out,security_model=none,multidevs=remap"
-        -nic user,model=virtio-net-pci,restrict=on)
+        -nic "user,model=virtio-net-pci,restrict=on")
 }
 
 # ---- KVM or TCG: a short probe boot, remembered per kernel package and host kernel ----------------
@@ -93,8 +93,9 @@ if [ -z "$accel" ]; then
         if grep -aq RDMQ_RXE_VM_PROBE_OK "$probe_log"; then
             accel=kvm
         else
-            note "KVM does not boot this kernel ($(grep -av RDMQ "$probe_log" | tr -d '\r' | grep -v '^$' |
-                tail -n 1 | cut -c1-120)); using TCG"
+            why=$(tr -d '\r' <"$probe_log" | grep -a -m 1 '^qemu-system' || true)
+            [ -n "$why" ] || why=$(tr -d '\r' <"$probe_log" | grep -av '^$' | tail -n 1 || true)
+            note "KVM does not boot this kernel (${why:0:160}); using TCG"
         fi
         note "probe took $((SECONDS - start)) s"
         rm -f "$probe_log"
@@ -108,13 +109,21 @@ jobdir=$(cd "$jobdir" && pwd -P)
 case $jobdir in *[[:space:]]*) die "job dir $jobdir has a space (set TMPDIR)" ;; esac
 qpid=
 reader=
+# shellcheck disable=SC2317 # (the traps call these)
 cleanup() {
     if [ -n "$qpid" ]; then kill -TERM "$qpid" 2>/dev/null || true; fi
     rm -rf "$jobdir"
 }
 trap cleanup EXIT
 interrupted=
-trap 'interrupted=1; if [ -n "$qpid" ]; then kill -TERM "$qpid" 2>/dev/null || true; fi' INT TERM HUP
+# shellcheck disable=SC2317
+on_signal() {
+    interrupted=$1
+    if [ -n "$qpid" ]; then kill -TERM "$qpid" 2>/dev/null || true; fi
+}
+trap 'on_signal 129' HUP
+trap 'on_signal 130' INT
+trap 'on_signal 143' TERM
 
 {
     printf 'OUT=%q\n' "$out"
@@ -153,7 +162,8 @@ if [ -n "$interrupted" ]; then
     wait "$qpid" || true
     wait "$reader" || true
     qpid=
-    die "interrupted; the VM was stopped"
+    echo "[rxe-vm] interrupted: the VM was stopped" >&2
+    exit "$interrupted"
 fi
 qpid=
 wait "$reader" || true

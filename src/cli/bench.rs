@@ -6,7 +6,6 @@
 //! verifies what arrived (count, order, content) and the command fails loudly on loss.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command as Process, Stdio};
 use std::time::{Duration, Instant};
@@ -19,7 +18,7 @@ use rdmq_client::{Connection, ConnectionOptions, Durability, QueueOptions};
 use serde::Serialize;
 
 use super::peer::{
-    self, check_payload, fill_payload, now_ns, percentiles_us, PeerResult, SENTINEL,
+    self, check_payload, fill_payload, now_ns, percentiles_us, PeerResult, RawStream, SENTINEL,
 };
 
 /// Messages per raw PUBLISH frame: the client's default batch, so both sides batch alike.
@@ -70,7 +69,8 @@ pub struct BenchArgs {
     /// Queue durability: memory, flush or fsync.
     #[arg(long, default_value = "memory")]
     durability: Durability,
-    /// Transport: tcp (shm and rdma arrive with issue #4).
+    /// Transport of both the broker run and the raw baseline: tcp or shm (rdma is not built
+    /// yet). With --url, the URL's scheme decides.
     #[arg(long, default_value = "tcp")]
     transport: String,
     /// Subscribers for fanout.
@@ -149,12 +149,14 @@ struct Ctx {
     run_id: String,
 }
 
-pub fn run(args: BenchArgs) -> Result<(), String> {
-    if args.transport != "tcp" {
-        return Err(format!(
-            "transport {:?} is not built yet (issue #4); only tcp is available",
-            args.transport
-        ));
+pub fn run(mut args: BenchArgs) -> Result<(), String> {
+    if let Some(url) = &args.url {
+        args.transport = url.split_once("://").map_or("tcp", |(s, _)| s).to_string();
+    }
+    match args.transport.as_str() {
+        "tcp" | "shm" => {}
+        "rdma" => return Err("transport rdma is not built yet (issue #4); use tcp or shm".into()),
+        other => return Err(format!("unknown transport {other:?} (tcp, shm)")),
     }
     let size = args.size.unwrap_or(if args.workload == Workload::Shootout { 1024 } else { 64 });
     if args.count == Some(0) {
@@ -177,7 +179,11 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         notes.push(format!("spawned server: subscriber_buffer_max = {}", count + 16));
         format!("subscriber_buffer_max = {}\n", count + 16)
     });
-    let spawned = if args.spawn { Some(SpawnedServer::start(args.shards, config)?) } else { None };
+    let spawned = if args.spawn {
+        Some(SpawnedServer::start(args.shards, config, &args.transport)?)
+    } else {
+        None
+    };
     let url = match (&spawned, &args.url) {
         (Some(s), _) => s.url.clone(),
         (None, Some(u)) => u.clone(),
@@ -256,7 +262,11 @@ struct SpawnedServer {
 }
 
 impl SpawnedServer {
-    fn start(shards: Option<usize>, config: Option<String>) -> Result<SpawnedServer, String> {
+    fn start(
+        shards: Option<usize>,
+        config: Option<String>,
+        transport: &str,
+    ) -> Result<SpawnedServer, String> {
         let dir = std::env::temp_dir().join(format!("rdmq-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -282,14 +292,23 @@ impl SpawnedServer {
         }
         let mut child =
             cmd.stdout(Stdio::piped()).spawn().map_err(|e| format!("spawn rdmq serve: {e}"))?;
+        // One `listening URL` line per listener (tcp first, then shm): take the transport's.
+        let mut out = BufReader::new(child.stdout.take().expect("piped"));
         let mut line = String::new();
-        let stdout = child.stdout.take().expect("piped");
-        BufReader::new(stdout).read_line(&mut line).map_err(|e| e.to_string())?;
-        let Some(url) = line.trim().strip_prefix("listening ") else {
-            let _ = child.kill();
-            return Err(format!("spawned server did not start: {line:?}"));
-        };
-        Ok(SpawnedServer { url: url.to_string(), child, dir })
+        let prefix = format!("listening {transport}://");
+        loop {
+            line.clear();
+            out.read_line(&mut line).map_err(|e| e.to_string())?;
+            if line.starts_with(&prefix) {
+                break;
+            }
+            if !line.starts_with("listening ") {
+                let _ = child.kill();
+                return Err(format!("spawned server did not start: {line:?}"));
+            }
+        }
+        let url = line.trim().strip_prefix("listening ").expect("checked").to_string();
+        Ok(SpawnedServer { url, child, dir })
     }
 }
 
@@ -305,7 +324,8 @@ impl Drop for SpawnedServer {
 struct Peer {
     child: Child,
     out: BufReader<ChildStdout>,
-    port: Option<u16>,
+    /// Where a raw role listens: a loopback port or an shm socket path.
+    addr: Option<String>,
 }
 
 impl Peer {
@@ -325,6 +345,7 @@ impl Peer {
         cmd.args(["bench-peer", "--role", role, "--url", &ctx.url, "--dest", dest])
             .args(["--count", &count.to_string(), "--size", &ctx.size.to_string()])
             .args(["--credit", &ctx.args.credit.to_string()])
+            .args(["--transport", &ctx.args.transport])
             .args(extra);
         if ctx.args.busy_poll {
             cmd.arg("--busy-poll");
@@ -339,15 +360,13 @@ impl Peer {
             let _ = child.kill();
             return Err(format!("bench peer ({role}) failed to start: {line:?}"));
         }
-        let port = line.strip_prefix("ready ").and_then(|p| p.parse().ok());
-        Ok(Peer { child, out, port })
+        let addr = line.strip_prefix("ready ").map(str::to_string);
+        Ok(Peer { child, out, addr })
     }
 
-    fn connect(&self) -> Result<TcpStream, String> {
-        let port = self.port.ok_or("raw peer announced no port")?;
-        let s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-        s.set_nodelay(true).map_err(|e| e.to_string())?;
-        Ok(s)
+    fn connect(&self, ctx: &Ctx) -> Result<RawStream, String> {
+        let addr = self.addr.as_deref().ok_or("raw peer announced no address")?;
+        RawStream::connect(&ctx.args.transport, addr, ctx.args.busy_poll)
     }
 
     fn result(mut self) -> Result<PeerResult, String> {
@@ -528,7 +547,7 @@ fn raw_frame(out: &mut Vec<u8>, dest: &str, payload: &[u8]) {
 fn pingpong_raw(ctx: &Ctx, warmup: u64, n: u64, runs: &mut RttRuns) -> Result<(), String> {
     let total = warmup + n;
     let peer = Peer::start_n(ctx, "echo", "raw", total, &[])?;
-    let mut s = peer.connect()?;
+    let mut s = peer.connect(ctx)?;
     let (mut buf, mut frame, mut back) = (Vec::new(), Vec::new(), Vec::new());
     let start = Instant::now();
     for i in 0..total {
@@ -633,7 +652,7 @@ fn stream_broker(ctx: &Ctx) -> Result<Figures, String> {
 /// `deal` (compete), to all when not (stream, fanout); paced if `rate`.
 fn produce_raw(
     ctx: &Ctx,
-    streams: &mut [TcpStream],
+    streams: &mut [RawStream],
     deal: bool,
     rate: Option<u64>,
 ) -> Result<(), String> {
@@ -682,7 +701,7 @@ fn produce_raw(
 
 fn stream_raw(ctx: &Ctx) -> Result<Figures, String> {
     let peer = Peer::start(ctx, "raw-receiver", "raw", &[])?;
-    let mut s = [peer.connect()?];
+    let mut s = [peer.connect(ctx)?];
     let start = Instant::now();
     produce_raw(ctx, &mut s, false, None)?;
     let r = peer.result()?;
@@ -725,7 +744,7 @@ fn fanout_raw(ctx: &Ctx) -> Result<Figures, String> {
     let peers = (0..ctx.args.subscribers)
         .map(|_| Peer::start(ctx, "raw-receiver", "raw", &[]))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut streams = peers.iter().map(Peer::connect).collect::<Result<Vec<_>, _>>()?;
+    let mut streams = peers.iter().map(|p| p.connect(ctx)).collect::<Result<Vec<_>, _>>()?;
     let start = Instant::now();
     produce_raw(ctx, &mut streams, false, None)?;
     let produced_ns = now_ns();
@@ -752,7 +771,7 @@ fn rate_figures(ctx: &Ctx, start: Instant, peer: Peer) -> Result<Figures, String
 
 fn rate_raw(ctx: &Ctx) -> Result<Figures, String> {
     let peer = Peer::start(ctx, "raw-receiver", "raw", &["--latency".into()])?;
-    let mut s = [peer.connect()?];
+    let mut s = [peer.connect(ctx)?];
     let start = Instant::now();
     produce_raw(ctx, &mut s, false, Some(ctx.args.rate))?;
     rate_figures(ctx, start, peer)
@@ -832,7 +851,7 @@ fn compete_raw(ctx: &Ctx) -> Result<Figures, String> {
             )
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut streams = peers.iter().map(Peer::connect).collect::<Result<Vec<_>, _>>()?;
+    let mut streams = peers.iter().map(|p| p.connect(ctx)).collect::<Result<Vec<_>, _>>()?;
     let start = Instant::now();
     produce_raw(ctx, &mut streams, true, None)?;
     compete_figures(ctx, start, peers, &paths)
@@ -908,7 +927,7 @@ fn shootout_raw(ctx: &Ctx, data_dir: Option<PathBuf>) -> Result<Figures, String>
     // Enqueue: stream to a raw receiver (which verifies); dequeue: a second stream back from a
     // second raw transfer of the same bytes.
     let peer = Peer::start(ctx, "raw-receiver", "raw", &[])?;
-    let mut s = [peer.connect()?];
+    let mut s = [peer.connect(ctx)?];
     let start = Instant::now();
     produce_raw(ctx, &mut s, false, None)?;
     let r = peer.result()?;
@@ -916,7 +935,7 @@ fn shootout_raw(ctx: &Ctx, data_dir: Option<PathBuf>) -> Result<Figures, String>
     let mut f = Figures { verified: true, ..Default::default() };
     merge_peer(&mut f, &r);
     let peer = Peer::start(ctx, "raw-receiver", "raw", &[])?;
-    let mut s = [peer.connect()?];
+    let mut s = [peer.connect(ctx)?];
     let t = Instant::now();
     produce_raw(ctx, &mut s, false, None)?;
     let r = peer.result()?;

@@ -6,6 +6,9 @@
 
 use std::io::{BufWriter, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixListener;
+
+use rdmq_client::shm::ShmStream;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, ValueEnum};
@@ -63,6 +66,58 @@ pub struct PeerArgs {
     /// Record end-to-end latency from the payload's timestamp (rate workload).
     #[arg(long)]
     latency: bool,
+    /// Transport of the raw roles: tcp (a loopback port) or shm (a socket in the temp dir).
+    #[arg(long, default_value = "tcp")]
+    transport: String,
+}
+
+/// Ring bytes of a raw shm baseline: the server's default `shm_ring_bytes`, so both sides
+/// move the same amount per wake-up.
+pub const RAW_SHM_RING_BYTES: usize = 4 << 20;
+
+/// A raw baseline's byte stream: a loopback TCP socket or a shared-memory ring pair, driven
+/// exactly as the broker's client drives its own transport.
+pub enum RawStream {
+    Tcp(TcpStream),
+    Shm(Box<ShmStream>),
+}
+
+impl RawStream {
+    /// Connects to a raw peer's announced address: a port, or an shm socket path.
+    pub fn connect(transport: &str, addr: &str, busy_poll: bool) -> Result<RawStream, String> {
+        if transport == "shm" {
+            let mut s =
+                ShmStream::connect(std::path::Path::new(addr)).map_err(|e| e.to_string())?;
+            s.set_busy_poll(busy_poll);
+            return Ok(RawStream::Shm(Box::new(s)));
+        }
+        let port: u16 = addr.parse().map_err(|_| format!("raw peer announced {addr:?}"))?;
+        let s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
+        Ok(RawStream::Tcp(s))
+    }
+}
+
+impl Read for RawStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            RawStream::Tcp(s) => s.read(buf),
+            RawStream::Shm(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for RawStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            RawStream::Tcp(s) => s.write(buf),
+            RawStream::Shm(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// What a peer reports.
@@ -171,9 +226,11 @@ pub fn percentiles_us(h: &Histogram<u64>) -> [f64; 4] {
     ]
 }
 
+/// One line to the parent. A parent that already gave up (closed the pipe) is not an error
+/// worth a panic trace on top of its own report.
 fn announce(line: &str) {
-    println!("{line}");
-    let _ = std::io::stdout().flush();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|_| out.flush());
 }
 
 pub fn run(a: PeerArgs) -> Result<(), String> {
@@ -286,22 +343,35 @@ fn competitor(a: &PeerArgs) -> Result<PeerResult, String> {
     Ok(r)
 }
 
-/// Accepts one connection on a fresh loopback port, announcing the port.
-fn accept_one() -> Result<TcpStream, String> {
+/// Accepts one connection on a fresh loopback port (or shm socket), announcing where.
+fn accept_one(a: &PeerArgs) -> Result<RawStream, String> {
+    if a.transport == "shm" {
+        let dir = std::env::temp_dir().join(format!("rdmq-raw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let path = dir.join("raw.sock");
+        let _ = std::fs::remove_file(&path);
+        let l = UnixListener::bind(&path).map_err(|e| e.to_string())?;
+        announce(&format!("ready {}", path.display()));
+        let s = ShmStream::accept(&l, RAW_SHM_RING_BYTES).map_err(|e| e.to_string());
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut s = s?;
+        s.set_busy_poll(a.busy_poll);
+        return Ok(RawStream::Shm(Box::new(s)));
+    }
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let port = l.local_addr().map_err(|e| e.to_string())?.port();
     announce(&format!("ready {port}"));
     let (s, _) = l.accept().map_err(|e| e.to_string())?;
     s.set_nodelay(true).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(IDLE_TIMEOUT)).map_err(|e| e.to_string())?;
-    Ok(s)
+    Ok(RawStream::Tcp(s))
 }
 
 /// Reads whole frames from a raw stream and hands each PUBLISH batch to `f`, which returns
 /// false to stop.
 pub fn read_batches(
-    s: &mut TcpStream,
-    mut f: impl FnMut(&BatchView<'_>, &[u8]) -> bool,
+    s: &mut RawStream,
+    mut f: impl FnMut(&mut RawStream, &BatchView<'_>, &[u8]) -> bool,
 ) -> Result<(), String> {
     let mut buf = vec![0u8; 1 << 20];
     let (mut start, mut end) = (0usize, 0usize);
@@ -314,7 +384,7 @@ pub fn read_batches(
             let Command::Publish(p) = wire::decode(&h, body).map_err(|e| e.to_string())? else {
                 return Err("raw peer expected PUBLISH frames".into());
             };
-            if !f(&p.batch, frame) {
+            if !f(s, &p.batch, frame) {
                 return Ok(());
             }
             start += len;
@@ -339,11 +409,10 @@ pub fn read_batches(
 }
 
 fn echo(a: &PeerArgs) -> Result<PeerResult, String> {
-    let mut s = accept_one()?;
-    let mut out = s.try_clone().map_err(|e| e.to_string())?;
+    let mut s = accept_one(a)?;
     let mut n = 0;
     let mut failed = None;
-    read_batches(&mut s, |_, frame| {
+    read_batches(&mut s, |out, _, frame| {
         if let Err(e) = out.write_all(frame) {
             failed = Some(e.to_string());
             return false;
@@ -358,12 +427,12 @@ fn echo(a: &PeerArgs) -> Result<PeerResult, String> {
 }
 
 fn raw_receiver(a: &PeerArgs) -> Result<PeerResult, String> {
-    let mut s = accept_one()?;
+    let mut s = accept_one(a)?;
     let mut check = Checker::new(a.size, a.latency);
     let mut ids = if a.role == Role::RawCompetitor { Some(ids_writer(a)?) } else { None };
     let mut received = 0u64;
     let mut io_error = None;
-    read_batches(&mut s, |batch, _| {
+    read_batches(&mut s, |_, batch, _| {
         for (_, rec) in batch.records() {
             match &mut ids {
                 None => {
