@@ -225,4 +225,6 @@ if [ ! -s "$cache/boot/stamp" ] || [ "$(cat "$cache/boot/stamp")" != "$stamp" ];
     done
     log "initramfs $(($(stat -c %s "$cache/boot/initrd.gz") / 1024)) KiB, kernel $kver"
 fi
+# vm.sh reruns this script when guest-init.sh or this file is newer than the stamp (a fresh checkout).
+touch "$cache/boot/stamp" 2>/dev/null || true
 log "ready: $cache/boot (kernel $kver)"

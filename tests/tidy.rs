@@ -11,6 +11,7 @@ const UNSAFE_ALLOWED: &[&str] = &[
     "src/mailbox.rs",      // the SPSC ring between shard threads
     "src/shard.rs",        // leases a connection's send buffer and the eventfd target to the kernel
     "src/journal/ring.rs", // maps the journal's huge-page write ring
+    "client/src/shm.rs",   // shared-memory rings: memfd, mmap, SCM_RIGHTS, eventfd, ppoll
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

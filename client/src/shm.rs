@@ -85,8 +85,8 @@ pub struct Control {
 
 const _: () = assert!(std::mem::size_of::<Control>() == 8 * 128);
 const _: () = assert!(std::mem::size_of::<Control>() <= PAGE);
-const _: () = assert!(RING_BYTES_MIN.is_power_of_two() && RING_BYTES_MIN % PAGE == 0);
-const _: () = assert!(HUGE_PAGE % PAGE == 0);
+const _: () = assert!(RING_BYTES_MIN.is_power_of_two() && RING_BYTES_MIN.is_multiple_of(PAGE));
+const _: () = assert!(HUGE_PAGE.is_multiple_of(PAGE));
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
@@ -674,7 +674,7 @@ impl ShmStream {
             }
             if self.busy_poll {
                 spins += 1;
-                if spins % BUSY_LIVENESS_EVERY == 0 {
+                if spins.is_multiple_of(BUSY_LIVENESS_EVERY) {
                     self.check_peer(Duration::ZERO)?;
                 }
                 std::thread::yield_now();

@@ -5,6 +5,8 @@
 //! are generous (the build machine has two noisy cores) and no test asserts on a duration.
 #![allow(dead_code)]
 
+pub mod transport;
+
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -37,6 +39,8 @@ pub struct Server {
     /// The MQTT gateway's address (likewise).
     pub mqtt: SocketAddr,
     pub url: String,
+    /// The shared-memory transport's URL (`shm://<data dir>/rdmq.sock`).
+    pub shm_url: String,
     pub shards: usize,
     pub dir: PathBuf,
     log: PathBuf,
@@ -74,6 +78,11 @@ impl Server {
     pub fn crash_and_restart(&mut self) {
         self.kill9();
         self.restart();
+    }
+
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
     }
 
     pub fn kill9(&mut self) {
@@ -123,13 +132,9 @@ impl Server {
         // The reader hands the pipe back with the line, so the server never writes to a closed pipe.
         std::thread::spawn(move || {
             let mut r = BufReader::new(stdout);
-            // Three lines: the native listener, then the STOMP and MQTT gateways'.
+            // Four lines: the native listener, the STOMP and MQTT gateways', the shm socket.
             let mut line = String::new();
-            let res = r
-                .read_line(&mut line)
-                .and_then(|_| r.read_line(&mut line))
-                .and_then(|_| r.read_line(&mut line))
-                .map(|_| line);
+            let res = (0..4).try_for_each(|_| r.read_line(&mut line).map(|_| ())).map(|_| line);
             let _ = tx.send((res, r.into_inner()));
         });
         let (line, stdout) = match rx.recv_timeout(START_TIMEOUT) {
@@ -142,10 +147,11 @@ impl Server {
             }
         };
         let mut lines = line.lines();
-        let (Some(addr), Some(stomp), Some(mqtt)) = (
+        let (Some(addr), Some(stomp), Some(mqtt), Some(shm)) = (
             lines.next().and_then(|l| l.strip_prefix("listening tcp://")),
             lines.next().and_then(|l| l.strip_prefix("listening stomp://")),
             lines.next().and_then(|l| l.strip_prefix("listening mqtt://")),
+            lines.next().filter(|l| l.starts_with("listening shm://")),
         ) else {
             let _ = child.kill();
             let _ = child.wait();
@@ -158,6 +164,7 @@ impl Server {
             child: Some(child),
             _stdout: stdout,
             url: format!("tcp://{addr}"),
+            shm_url: shm.strip_prefix("listening ").expect("checked").to_string(),
             addr,
             stomp,
             mqtt,
@@ -176,6 +183,16 @@ impl Server {
             ..Default::default()
         };
         Connection::connect_with(&self.url, opts).expect("connect to test server")
+    }
+
+    /// A client connection to `url` (another transport of this server) with the same bounds.
+    pub fn connect_url(&self, url: &str) -> Connection {
+        let opts = ConnectionOptions {
+            request_timeout: Duration::from_secs(20),
+            client_name: "rdmq-it".into(),
+            ..Default::default()
+        };
+        Connection::connect_with(url, opts).unwrap_or_else(|e| panic!("connect to {url}: {e}"))
     }
 
     /// A connection accepted by shard `shard` (the kernel spreads connections between the

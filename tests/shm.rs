@@ -1,0 +1,254 @@
+//! The shared-memory transport (`shm://`) against the real server: the transport cases every
+//! client transport passes (round trip, a verified 10,000-message stream, mixed with TCP both
+//! ways, rings filling up and draining, a consumer killed mid-stream), then what is particular
+//! to shared memory: who may connect, malformed bytes in the ring or on the socket, and a
+//! server that dies under a waiting client.
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::transport::*;
+use common::*;
+use rdmq_client::error_code as code;
+use rdmq_client::shm::ShmStream;
+use rdmq_client::wire::hello::Hello;
+use rdmq_client::wire::{self, FrameHeader, Opcode, FRAME_HEADER_LEN, PROTOCOL_VERSION};
+
+/// The uid the permission tests run a client as (`nobody` on Debian).
+const OTHER_UID: u32 = 65534;
+
+#[test]
+fn round_trip_and_request_reply() {
+    let server = Server::start(2);
+    round_trip(&server, &server.shm_url, "shm");
+    topic_request_reply(&server, &server.shm_url, "shm");
+}
+
+#[test]
+fn stream_of_10k_verified_in_order() {
+    let server = Server::start(2);
+    stream(&server, &server.shm_url, &server.shm_url, 10_000, "shm-shm");
+}
+
+#[test]
+fn producer_and_consumer_on_different_transports() {
+    let server = Server::start(2);
+    stream(&server, &server.url, &server.shm_url, 3_000, "tcp-shm");
+    stream(&server, &server.shm_url, &server.url, 3_000, "shm-tcp");
+}
+
+#[test]
+fn full_rings_stall_without_loss() {
+    let ring = 64 << 10;
+    let server = Server::start_with(2, &format!("shm_ring_bytes = {ring}\n"));
+    stall_and_recover(&server, &server.shm_url, ring, "shm");
+    // A message that cannot fit half the ring is refused by the client before anything is sent.
+    let conn = server.connect_url(&server.shm_url);
+    let mut p = conn.queue_producer("shm.too-big");
+    let err = p.send(&vec![0u8; ring]).unwrap_err();
+    assert!(err.to_string().contains("does not fit"), "{err}");
+    server.assert_serves();
+}
+
+#[test]
+fn killed_consumer_messages_are_redelivered() {
+    let server = Server::start(2);
+    killed_consumer_redelivered(&server, &server.shm_url, "shm");
+}
+
+/// Connects a raw shm stream and completes HELLO/WELCOME by hand.
+fn raw_shm(server: &Server) -> ShmStream {
+    let path = server.shm_url.strip_prefix("shm://").expect("shm url");
+    let mut s = ShmStream::connect(std::path::Path::new(path)).expect("shm connect");
+    let mut hello = Vec::new();
+    let h =
+        Hello { version_min: PROTOCOL_VERSION, version_max: PROTOCOL_VERSION, client_name: "raw" };
+    h.encode(&mut hello, 1);
+    assert_eq!(s.write_some(&hello), hello.len());
+    let frames = read_frames(&mut s, 1);
+    assert_eq!(frames[0].0.opcode, Opcode::Welcome as u8);
+    s
+}
+
+/// Reads until `want` frames arrived, or (with `want == usize::MAX`) until the server closes.
+fn read_frames(s: &mut ShmStream, want: usize) -> Vec<(FrameHeader, Vec<u8>)> {
+    let deadline = Instant::now() + RECV_TIMEOUT;
+    let (mut buf, mut frames) = (Vec::new(), Vec::new());
+    let mut chunk = vec![0u8; 1 << 16];
+    while frames.len() < want {
+        let n = match s.read_until(&mut chunk, Some(deadline)) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => panic!("read from the shm ring: {e} (frames so far {frames:?})"),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some((h, body)) = wire::split_frame(&buf, usize::MAX).expect("valid frame") {
+            let len = FRAME_HEADER_LEN + body.len();
+            frames.push((h, body.to_vec()));
+            buf.drain(..len);
+        }
+    }
+    frames
+}
+
+/// The single ERROR the server sent before closing, as (code, message).
+fn fatal_error(s: &mut ShmStream) -> (u16, String) {
+    let frames = read_frames(s, usize::MAX);
+    let errs = errors(&frames);
+    assert_eq!(errs.len(), 1, "want one ERROR then close, got {frames:?}");
+    errs[0].clone()
+}
+
+#[test]
+fn malformed_bytes_in_the_ring_close_only_that_connection() {
+    let mut server = Server::start(2);
+    let conn = server.connect_url(&server.shm_url);
+    let mut p = conn.queue_producer("shm.confirmed");
+    p.send(b"kept").unwrap();
+    p.flush().unwrap();
+
+    // A frame with an opcode that means nothing.
+    let mut s = raw_shm(&server);
+    let mut h = Vec::new();
+    FrameHeader { length: 8, opcode: 0xEE, flags: 0, reserved: 0, request_id: 2 }.put(&mut h);
+    h.extend_from_slice(&[0; 8]);
+    s.write_some(&h);
+    let (c, msg) = fatal_error(&mut s);
+    assert_eq!(c, code::PROTOCOL_ERROR, "{msg}");
+
+    // A frame longer than the ring can ever hold: refused at the header, not waited for.
+    let mut s = raw_shm(&server);
+    let mut h = Vec::new();
+    FrameHeader {
+        length: 8 << 20,
+        opcode: Opcode::Ping as u8,
+        flags: 0,
+        reserved: 0,
+        request_id: 2,
+    }
+    .put(&mut h);
+    s.write_some(&h);
+    let (c, msg) = fatal_error(&mut s);
+    assert_eq!(c, code::FRAME_TOO_LARGE, "{msg}");
+
+    // Seeded random bytes after a good handshake.
+    let mut rng = XorShift(0x5eed_5111);
+    for round in 0..20 {
+        let mut s = raw_shm(&server);
+        let len = 16 + rng.below(4_000);
+        let junk = rng.bytes(len);
+        s.write_some(&junk);
+        // Either an ERROR and a close, or (a prefix that is a valid partial frame) silence;
+        // both are fine as long as the server lives: proven below.
+        let deadline = Instant::now() + Duration::from_millis(200);
+        let mut chunk = vec![0u8; 1 << 16];
+        let _ = s.read_until(&mut chunk, Some(deadline));
+        let _ = round;
+    }
+
+    // Bytes on the socket itself (it carries only the handshake).
+    let mut s = raw_shm(&server);
+    use std::io::Write as _;
+    s.socket().write_all(b"hello?").unwrap();
+    let (c, _) = fatal_error(&mut s);
+    assert_eq!(c, code::PROTOCOL_ERROR);
+
+    // The neighbour connection and the confirmed message are untouched.
+    let mut cons = conn.consume("shm.confirmed", 4).unwrap();
+    let d = cons.receive(Some(RECV_TIMEOUT)).unwrap().expect("confirmed message kept");
+    assert_eq!(d.payload(), b"kept");
+    server.assert_serves();
+    let log = server.stop();
+    assert!(Server::counter(&log, "protocol_errors") >= 3, "{log}");
+}
+
+#[test]
+fn a_client_sees_the_server_die() {
+    let mut server = Server::start(1);
+    let conn = server.connect_url(&server.shm_url);
+    let mut sub = conn.subscribe("shm.nothing").unwrap();
+    let pid = server.pid() as libc::pid_t;
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(QUIET);
+        // SAFETY: kill(2) on the test's own child, not yet reaped, so the pid is not reused.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    let t = Instant::now();
+    let r = sub.receive(Some(Duration::from_secs(30))).map(|d| d.is_some());
+    let waited = t.elapsed();
+    killer.join().unwrap();
+    server.kill9();
+    assert!(r.is_err(), "the wait ends with an error, not a message or a timeout: {r:?}");
+    assert!(waited < Duration::from_secs(25), "noticed the dead server only after {waited:?}");
+}
+
+/// Runs `rdmq publish` over shm as another user; returns (success, stderr).
+fn publish_as(uid: u32, url: &str) -> (bool, String) {
+    let mut child = Command::new(rdmq_bin())
+        .args(["publish", "--url", url, "--queue", "shm.perm", "--confirm"])
+        .uid(uid)
+        .gid(uid)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn as another user");
+    // A refused client exits before reading its input: a broken pipe here is expected.
+    let mut stdin = child.stdin.take().expect("piped");
+    let _ = std::io::Write::write_all(&mut stdin, b"from another user\n");
+    drop(stdin);
+    let out = child.wait_with_output().expect("wait");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Whether this test can run processes as another user at all; prints why not.
+fn can_switch_users() -> bool {
+    if rdmq_client::shm::effective_uid() != 0 {
+        eprintln!("SKIPPED: the permission test needs root to run a client as uid {OTHER_UID}");
+        return false;
+    }
+    let ok = Command::new(rdmq_bin())
+        .arg("--version")
+        .uid(OTHER_UID)
+        .gid(OTHER_UID)
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIPPED: uid {OTHER_UID} cannot execute {} (directory permissions)", rdmq_bin());
+    }
+    ok
+}
+
+#[test]
+fn other_users_are_refused_unless_allowed() {
+    if !can_switch_users() {
+        return;
+    }
+    // Mode 0600: the socket file itself keeps other users out.
+    let server = Server::start_with(1, "shm_socket_mode = 0o600\n");
+    let (ok, err) = publish_as(OTHER_UID, &server.shm_url);
+    assert!(!ok && err.contains("ermission denied"), "{err}");
+    drop(server);
+
+    // Mode 0666 lets anyone connect, but the server checks the peer's uid.
+    let server = Server::start_with(1, "shm_socket_mode = 0o666\n");
+    let (ok, err) = publish_as(OTHER_UID, &server.shm_url);
+    assert!(!ok && err.contains("uid 65534 may not use"), "{err}");
+    assert!(server.log().contains("shm connection refused"), "{}", server.log());
+    server.assert_serves();
+    drop(server);
+
+    // Listed in shm_allow_uids: served.
+    let cfg = format!("shm_socket_mode = 0o666\nshm_allow_uids = [{OTHER_UID}]\n");
+    let server = Server::start_with(1, &cfg);
+    let (ok, err) = publish_as(OTHER_UID, &server.shm_url);
+    assert!(ok, "{err}");
+    let conn = server.connect();
+    let mut c = conn.consume("shm.perm", 4).unwrap();
+    let d = c.receive(Some(RECV_TIMEOUT)).unwrap().expect("published by the other user");
+    assert_eq!(d.payload(), b"from another user");
+}
