@@ -190,8 +190,8 @@ fn bind_per_shard(addr: SocketAddr, n: usize) -> Result<(Vec<OwnedFd>, SocketAdd
 
 /// The shm transport's Unix socket at `path` with permission bits `mode`, and one descriptor of
 /// it per shard (each shard arms its own accept on it; the kernel hands every connection to
-/// one of them). A socket file left by a server that died is replaced: the data directory lock
-/// is held, and a connect that finds nobody listening proves it stale.
+/// one of them). A socket file left by a server that died is replaced; one where a server
+/// answers is not (see `shm_socket_in_use`).
 fn bind_shm(
     path: &std::path::Path,
     mode: u32,
@@ -200,7 +200,7 @@ fn bind_shm(
     use std::os::unix::fs::PermissionsExt;
     let shown = path.display();
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        if shm_socket_in_use(path) {
             return Err(format!(
                 "cannot listen on shm socket {shown}: another server answers there"
             ));
@@ -220,4 +220,21 @@ fn bind_shm(
     fds.push(first);
     let abs = std::path::absolute(path).map_err(|e| format!("{shown}: {e}"))?;
     Ok((fds, abs))
+}
+
+/// How long a live server has to answer a probe of its shm socket with its handshake.
+const SHM_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether a server answers on the shm socket at `path`. A connect alone proves nothing: a
+/// server killed a moment ago can leave its listener open while the kernel tears down its
+/// io_uring (pending accepts hold it), queueing connections nobody will take. A live server
+/// answers at once, with its handshake or a refusal.
+fn shm_socket_in_use(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(path) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(SHM_PROBE_TIMEOUT));
+    let mut b = [0u8; 1];
+    matches!(s.read(&mut b), Ok(n) if n > 0)
 }
