@@ -86,10 +86,10 @@ summary() { grep -E '#bytes|^ *[0-9]+ +[0-9]+ ' "$1" || true; }
 status=0
 start=$SECONDS
 
-# ib_send_lat: twice as perftest reports it (microseconds); if both calibrations fail, once more
-# in cycles (-C, no calibration), converted with the kernel's TSC frequency from /proc/cpuinfo.
+# ib_send_lat: as perftest reports it (microseconds); if its calibration fails, once more in
+# cycles (-C, no calibration), converted with the kernel's TSC frequency from /proc/cpuinfo.
 echo "== ib_send_lat -n $lat_iters"
-modes=(us us cycles)
+modes=(us cycles)
 if [ -n "${PERFTEST_LAT_CYCLES:-}" ]; then modes=(cycles); fi
 port=18515
 done_lat=
