@@ -47,6 +47,16 @@ pub struct Config {
     /// Bytes of each direction's ring per shm connection (power of two, 64 KiB to 1 GiB): a
     /// frame from the client must fit the ring whole; 2 MiB or more uses huge pages when free.
     pub shm_ring_bytes: usize,
+    /// RDMA transport: the rdma_cm listen address (`IP:PORT`, IPv4), "off", or empty for the
+    /// native listener's IP and port 7421.
+    pub rdma_listen: String,
+    /// The same, resolved (filled in by `validate`; `None` when off).
+    #[serde(skip)]
+    pub rdma_addr: Option<std::net::SocketAddrV4>,
+    /// Largest ring (per direction) an RDMA client may ask for; the client proposes its size.
+    pub rdma_ring_bytes_max: usize,
+    /// RDMA connections served at once (all on shard 0); sizes its shared completion queue.
+    pub rdma_connections_max: usize,
     /// Shard threads; 0 = one per CPU this process may use.
     pub shards: usize,
     /// Pin each shard to its own CPU.
@@ -106,6 +116,10 @@ impl Default for Config {
             shm_socket_mode: 0o660,
             shm_allow_uids: Vec::new(),
             shm_ring_bytes: 4 << 20,
+            rdma_listen: String::new(),
+            rdma_addr: None,
+            rdma_ring_bytes_max: 4 << 20,
+            rdma_connections_max: 32,
             shards: 0,
             pin_threads: true,
             auto_create: true,
@@ -175,6 +189,27 @@ impl Config {
         if !ring.is_power_of_two() || ring < lo || ring > hi {
             return Err("shm_ring_bytes must be a power of two from 64 KiB to 1 GiB".into());
         }
+        self.rdma_addr = match self.rdma_listen.trim() {
+            "off" => None,
+            "" => match self.listen {
+                SocketAddr::V4(a) => {
+                    let port = if a.port() == 0 { 0 } else { RDMA_DEFAULT_PORT };
+                    Some(std::net::SocketAddrV4::new(*a.ip(), port))
+                }
+                SocketAddr::V6(_) => None,
+            },
+            a => match a.parse() {
+                Ok(SocketAddr::V4(v4)) => Some(v4),
+                _ => return Err(format!("rdma_listen = {a:?}: expected IPv4:PORT or \"off\"")),
+            },
+        };
+        let max = self.rdma_ring_bytes_max;
+        if !max.is_power_of_two() || max < lo || max > hi {
+            return Err("rdma_ring_bytes_max must be a power of two from 64 KiB to 1 GiB".into());
+        }
+        if self.rdma_connections_max == 0 || self.rdma_connections_max > 1024 {
+            return Err("rdma_connections_max must be 1 ..= 1024".into());
+        }
         if self.shm_socket_mode > 0o777 {
             return Err("shm_socket_mode must be permission bits (at most 0o777)".into());
         }
@@ -194,6 +229,9 @@ impl Config {
         Ok(())
     }
 }
+
+/// The RDMA listener's port when `rdma_listen` is empty: the one after the native port.
+pub const RDMA_DEFAULT_PORT: u16 = 7421;
 
 /// A gateway listener setting: `off` (or an empty string) disables it, else an address.
 pub fn parse_listen(v: &str) -> Result<Option<SocketAddr>, String> {

@@ -63,6 +63,68 @@ pub struct ShmConn {
     pub client_wake: OwnedFd,
 }
 
+/// A connection whose bytes move through a region's two rings instead of a socket: shared
+/// memory, or RDMA (where the receive ring is written by the client's NIC and the other ring
+/// stages what the shard writes into the client's).
+pub enum RingConn {
+    Shm(ShmConn),
+    #[cfg(feature = "rdma")]
+    Rdma(rdmq_client::rdma::Link),
+}
+
+impl RingConn {
+    pub fn region(&self) -> &Rc<Region> {
+        match self {
+            RingConn::Shm(s) => &s.region,
+            #[cfg(feature = "rdma")]
+            RingConn::Rdma(l) => &l.region,
+        }
+    }
+
+    /// Input was consumed (ring space freed): a sleeping shm client is woken, an RDMA client
+    /// gets its credit.
+    pub fn after_consume(&mut self) {
+        match self {
+            RingConn::Shm(s) => wake_if_waiting(s),
+            #[cfg(feature = "rdma")]
+            RingConn::Rdma(l) => {
+                let _ = l.credit(); // a failure shows as an error completion
+            }
+        }
+    }
+
+    /// Output was written into the ring: a sleeping shm client is woken, an RDMA link posts
+    /// the bytes to the client's ring.
+    pub fn after_write(&mut self) {
+        match self {
+            RingConn::Shm(s) => wake_if_waiting(s),
+            #[cfg(feature = "rdma")]
+            RingConn::Rdma(l) => {
+                let _ = l.push();
+            }
+        }
+    }
+
+    /// Written output not yet on its way to the client (RDMA writes wait for free send
+    /// requests); shared memory has none once it is in the ring.
+    pub fn has_unsent(&self) -> bool {
+        match self {
+            RingConn::Shm(_) => false,
+            #[cfg(feature = "rdma")]
+            RingConn::Rdma(l) => l.has_pending(),
+        }
+    }
+}
+
+fn wake_if_waiting(s: &ShmConn) {
+    use std::os::fd::AsFd;
+    use std::sync::atomic::{fence, Ordering};
+    fence(Ordering::SeqCst);
+    if s.region.ctrl().client_waiting.0.load(Ordering::Relaxed) != 0 {
+        rdmq_client::shm::signal(s.client_wake.as_fd());
+    }
+}
+
 pub struct Conn {
     pub fd: RawFd,
     pub generation: u32,
@@ -90,8 +152,8 @@ pub struct Conn {
     pub stomp: Option<Box<Session>>,
     /// An MQTT gateway connection's session.
     pub mqtt: Option<Box<crate::gateway::mqtt::session::Session>>,
-    /// A shared-memory connection (`None`: a socket carries the frames).
-    pub shm: Option<Box<ShmConn>>,
+    /// A shared-memory or RDMA connection (`None`: a socket carries the frames).
+    pub ring: Option<Box<RingConn>>,
     /// Input is not being parsed until outstanding requests drain (a gateway's send window).
     pub paused: bool,
     /// Acknowledgements a gateway holds back while the output is above its high-water mark
@@ -120,7 +182,7 @@ impl Conn {
             pending_consume: FxHashMap::default(),
             stomp: None,
             mqtt: None,
-            shm: None,
+            ring: None,
             paused: false,
             deferred_settles: Vec::new(),
         }

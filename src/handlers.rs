@@ -36,7 +36,7 @@ impl Shard {
         if conn.closing {
             return;
         }
-        if conn.shm.is_some() {
+        if conn.ring.is_some() {
             // After the handshake the shm socket only signals liveness: data there is a peer
             // that does not speak the transport.
             let msg = "unexpected bytes on the shm socket (frames go through the rings)";

@@ -16,6 +16,7 @@ mod handlers;
 pub mod journal;
 pub mod mailbox;
 pub mod metrics;
+mod rdma;
 pub mod server;
 mod shard;
 mod shm;

@@ -49,6 +49,9 @@ struct ServeArgs {
     /// MQTT 3.1.1/5.0 gateway listen address, or "off". Default: 127.0.0.1:1883
     #[arg(long, value_name = "ADDR|off")]
     mqtt_listen: Option<String>,
+    /// RDMA listen address (IPv4:PORT), or "off". Default: the --listen IP, port 7421
+    #[arg(long, value_name = "ADDR|off")]
+    rdma_listen: Option<String>,
     /// Shared-memory transport socket, or "off". Default: <data dir>/rdmq.sock
     #[arg(long, value_name = "PATH|off")]
     shm_listen: Option<String>,
@@ -104,6 +107,9 @@ fn serve(a: ServeArgs) -> Result<(), String> {
     if let Some(l) = a.mqtt_listen {
         cfg.mqtt_listen = l;
     }
+    if let Some(l) = a.rdma_listen {
+        cfg.rdma_listen = l;
+    }
     if let Some(l) = a.shm_listen {
         cfg.shm_listen = l;
     }
@@ -140,6 +146,14 @@ fn serve(a: ServeArgs) -> Result<(), String> {
     if let Some(addr) = server.mqtt_addr {
         eprintln!("rdmq: serving MQTT 3.1.1/5.0 on {addr}");
         println!("listening mqtt://{addr}");
+    }
+    match &server.rdma {
+        Some(Ok(addr)) => {
+            eprintln!("rdmq: serving the native protocol over RDMA on rdma://{addr}");
+            println!("listening rdma://{addr}");
+        }
+        Some(Err(why)) => eprintln!("rdmq: RDMA unavailable, serving TCP and shared memory: {why}"),
+        None => {}
     }
     if let Some(path) = &server.shm_path {
         eprintln!(

@@ -27,7 +27,7 @@ metrics! {
     dead_lettered: "Queue messages moved to a dead-letter queue.",
     topic_dropped: "Topic messages dropped for slow subscribers (drop_oldest policy).",
     slow_disconnects: "Subscribers disconnected for being slow (disconnect policy).",
-    shm_bytes_out: "Bytes written into shared-memory clients' rings.",
+    ring_bytes_out: "Bytes written into shared-memory and RDMA clients' rings.",
     mailbox_full: "Times a shard found a peer's mailbox full and kept the batch for the next pass.",
 }
 

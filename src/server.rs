@@ -24,6 +24,8 @@ pub struct Server {
     pub mqtt_addr: Option<SocketAddr>,
     /// The shared-memory transport's socket (absolute), when it is on.
     pub shm_path: Option<std::path::PathBuf>,
+    /// The RDMA listener's address, when it is up; else why not (`None`: turned off).
+    pub rdma: Option<Result<SocketAddr, String>>,
     /// Held for the server's life: the data directory's exclusive lock.
     _lock: std::fs::File,
     pub metrics: Arc<Metrics>,
@@ -105,6 +107,8 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
         let mut threads = Vec::new();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (rdma_tx, rdma_rx) = std::sync::mpsc::channel();
+        let mut rdma_init = cfg.rdma_addr.map(|a| (a, rdma_tx));
         for (id, (listener, outbox)) in listeners.into_iter().zip(senders).enumerate().rev() {
             let init = ShardInit {
                 ready: ready_tx.clone(),
@@ -118,6 +122,7 @@ impl Server {
                 ctls: ctls.clone(),
                 inbox: receivers.pop().expect("one inbox per shard"),
                 outbox,
+                rdma: if id == 0 { rdma_init.take() } else { None },
             };
             let cpu = (cfg.pin_threads && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
             let t = std::thread::Builder::new()
@@ -148,7 +153,10 @@ impl Server {
                 break;
             }
         }
-        Ok(Server { addr, stomp_addr, mqtt_addr, shm_path, _lock: lock, metrics, threads })
+        let rdma = cfg.rdma_addr.map(|_| {
+            rdma_rx.recv().unwrap_or_else(|_| Err("shard 0 stopped before starting RDMA".into()))
+        });
+        Ok(Server { addr, stomp_addr, mqtt_addr, shm_path, rdma, _lock: lock, metrics, threads })
     }
 
     /// Waits for every shard to stop (after SIGINT/SIGTERM). Returns the first shard error.

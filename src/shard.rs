@@ -65,6 +65,8 @@ pub mod op {
     pub const JOURNAL_WRITE: u8 = 7;
     /// A journal fdatasync; the slot field is the journal id.
     pub const JOURNAL_SYNC: u8 = 8;
+    /// A poll on an RDMA descriptor (slot 0: completion channel, 1: rdma_cm channel).
+    pub const RDMA_READY: u8 = 9;
 }
 
 /// Listener indexes, carried in an accept's slot field.
@@ -101,8 +103,8 @@ pub struct Shard {
     mqtt_listener: Option<OwnedFd>,
     /// The shared-memory transport's Unix socket (this shard's descriptor of it), when it is on.
     shm_listener: Option<OwnedFd>,
-    /// Slots of this shard's shared-memory connections, polled every pass.
-    pub(crate) shm_slots: Vec<u32>,
+    /// Slots of this shard's shared-memory and RDMA connections, polled every pass.
+    pub(crate) ring_slots: Vec<u32>,
     /// The MQTT gateway's client ids, sessions and retained messages (home shard only).
     pub mqtt_registry: crate::gateway::mqtt::registry::Registry,
     ctls: Arc<Vec<ShardCtl>>,
@@ -139,7 +141,19 @@ pub struct Shard {
     pub now_ms: u64,
     housekeeping_ms: u64,
     start: Instant,
+    /// Where to listen for RDMA, and whom to tell how it went (shard 0, until started).
+    rdma_init: Option<RdmaInit>,
+    /// The RDMA listener, device objects and shared completion queue (shard 0). Declared after
+    /// `conns`, so every connection's queue pair is destroyed before them.
+    #[cfg_attr(not(feature = "rdma"), allow(dead_code))]
+    pub(crate) rdma: Option<crate::rdma::RdmaState>,
 }
+
+/// Shard 0's RDMA assignment: the address, and the channel the result goes back on.
+pub type RdmaInit = (
+    std::net::SocketAddrV4,
+    std::sync::mpsc::Sender<Result<std::net::SocketAddr, crate::rdma::Unavailable>>,
+);
 
 pub struct ShardInit {
     pub id: u16,
@@ -154,6 +168,7 @@ pub struct ShardInit {
     pub outbox: Vec<Option<Sender<Vec<Event>>>>,
     /// Told once this shard has recovered its queues and is about to serve.
     pub ready: std::sync::mpsc::Sender<u16>,
+    pub rdma: Option<RdmaInit>,
 }
 
 impl Shard {
@@ -171,7 +186,7 @@ impl Shard {
             stomp_listener: init.stomp_listener,
             mqtt_listener: init.mqtt_listener,
             shm_listener: init.shm_listener,
-            shm_slots: Vec::new(),
+            ring_slots: Vec::new(),
             mqtt_registry: Default::default(),
             ctls: init.ctls,
             inbox: init.inbox,
@@ -198,6 +213,8 @@ impl Shard {
             now_ms: 0,
             housekeeping_ms: 0,
             start: Instant::now(),
+            rdma_init: init.rdma,
+            rdma: None,
             cfg,
         })
     }
@@ -208,6 +225,9 @@ impl Shard {
         self.recover_queues();
         if self.cfg.mqtt_addr.is_some() && self.is_mqtt_home() {
             self.mqtt_registry_ready();
+        }
+        if let Some((addr, tx)) = self.rdma_init.take() {
+            let _ = tx.send(self.rdma_start(addr));
         }
         if let Some(ready) = self.ready.take() {
             let _ = ready.send(self.id);
@@ -273,7 +293,8 @@ impl Shard {
             self.on_completion(*c);
         }
         self.completions = completions;
-        work += self.poll_shm();
+        work += self.poll_rdma();
+        work += self.poll_rings();
         work += self.apply_local();
         self.dispatch_queues();
         work += self.apply_local();
@@ -289,7 +310,7 @@ impl Shard {
     }
 
     fn sleep(&mut self) -> std::io::Result<()> {
-        self.set_shm_waiting(true);
+        self.set_ring_waiting(true);
         let ctl = &self.ctls[self.id as usize];
         ctl.sleeping.store(true, Ordering::SeqCst);
         // Pairs with the fence in `flush_mailboxes`: either the peer sees `sleeping` and signals,
@@ -299,12 +320,12 @@ impl Shard {
         // A peer that pushed before seeing `sleeping` did not signal: look once more.
         let pending = self.inbox.iter().any(|r| !r.is_empty())
             || self.ring.has_completions()
-            || self.shm_pending();
+            || self.rings_pending();
         if !pending {
             self.ring.submit_and_wait(HOUSEKEEPING_TICK)?;
         }
         self.ctls[self.id as usize].sleeping.store(false, Ordering::SeqCst);
-        self.set_shm_waiting(false);
+        self.set_ring_waiting(false);
         self.now_ms = self.start.elapsed().as_millis() as u64;
         self.housekeeping();
         Ok(())
@@ -340,7 +361,7 @@ impl Shard {
         }
         self.stomp_heart_beats();
         self.mqtt_timers();
-        for &slot in &self.shm_slots {
+        for &slot in &self.ring_slots {
             let Some(conn) = self.conns[slot as usize].as_mut() else { continue };
             if conn.closing && conn.flush_on_close && now >= conn.closing_since_ms + CLOSE_LINGER_MS
             {
@@ -508,6 +529,7 @@ impl Shard {
             op::WAKE => self.arm_wake(),
             op::JOURNAL_WRITE => self.on_journal_completion(Some(generation), slot, c.result),
             op::JOURNAL_SYNC => self.on_journal_completion(None, slot, c.result),
+            op::RDMA_READY => self.on_rdma_ready(slot),
             op::CANCEL | op::CLOSE => {}
             other => panic!("completion with unknown op {other}"),
         }
@@ -555,8 +577,8 @@ impl Shard {
             let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
             match self.shm_handshake(sock) {
                 Ok(shm) => {
-                    conn.shm = Some(Box::new(shm));
-                    self.shm_slots.push(slot);
+                    conn.ring = Some(Box::new(crate::conn::RingConn::Shm(shm)));
+                    self.ring_slots.push(slot);
                 }
                 Err(why) => {
                     eprintln!("rdmq: shard {}: shm connection refused: {why}", self.id);
@@ -570,6 +592,26 @@ impl Shard {
         self.conns[slot as usize] = Some(conn);
         self.ring.recv_multi(fd, user_data(op::RECV, generation, slot));
         metrics::add(&self.metrics.connections_accepted, 1);
+    }
+
+    /// A free connection slot, if any.
+    #[cfg_attr(not(feature = "rdma"), allow(dead_code))]
+    pub(crate) fn free_slots_pop(&mut self) -> Option<u32> {
+        self.free_slots.pop()
+    }
+
+    /// Gives back a slot taken with `free_slots_pop` and never used.
+    #[cfg_attr(not(feature = "rdma"), allow(dead_code))]
+    pub(crate) fn free_slot(&mut self, slot: u32) {
+        self.free_slots.push(slot);
+    }
+
+    /// Bumps and returns the generation of a slot about to get a new connection.
+    #[cfg_attr(not(feature = "rdma"), allow(dead_code))]
+    pub(crate) fn next_generation(&mut self, slot: u32) -> u32 {
+        let generation = self.generations[slot as usize].wrapping_add(1) & 0xFF_FFFF;
+        self.generations[slot as usize] = generation;
+        generation
     }
 
     /// The connection in `slot` if it is still the one with `generation`.
@@ -659,8 +701,8 @@ impl Shard {
             let Some(conn) = self.conns[slot as usize].as_mut() else {
                 continue;
             };
-            if conn.shm.is_some() {
-                self.flush_shm(slot);
+            if conn.ring.is_some() {
+                self.flush_ring(slot);
                 continue;
             }
             if conn.send_inflight {
@@ -738,15 +780,20 @@ impl Shard {
             return;
         };
         // An error frame is written before the close; a vanished peer's output is dropped.
-        let flushed = !conn.flush_on_close || (conn.out.is_empty() && conn.sending.is_empty());
+        let unsent = conn.ring.as_ref().is_some_and(|r| r.has_unsent());
+        let flushed =
+            !conn.flush_on_close || (conn.out.is_empty() && conn.sending.is_empty() && !unsent);
         if !conn.closing || conn.recv_armed || conn.send_inflight || !flushed {
             return;
         }
         let conn = self.conns[slot as usize].take().expect("checked");
-        if conn.shm.is_some() {
-            self.shm_slots.retain(|&s| s != slot);
+        if let Some(ring) = conn.ring {
+            self.ring_slots.retain(|&s| s != slot);
+            self.release_ring(*ring);
         }
-        self.ring.close(conn.fd, user_data(op::CLOSE, 0, 0));
+        if conn.fd >= 0 {
+            self.ring.close(conn.fd, user_data(op::CLOSE, 0, 0));
+        }
         self.free_slots.push(slot);
     }
 

@@ -1,6 +1,7 @@
-//! The server's side of the shared-memory transport (`shm://PATH`): accepting a client on the
-//! Unix socket (credential check, region, handshake), reading its frames in place from the
-//! client-to-server ring every pass, and writing its output into the server-to-client ring.
+//! The server's side of the ring transports: accepting a shared-memory client on the Unix
+//! socket (`shm://PATH`: credential check, region, handshake), and for every ring connection
+//! (shared memory, or RDMA, see `rdma.rs`) reading its frames in place from its receive ring
+//! every pass and writing its output into its outgoing ring.
 //! The ring layout and handshake are in the client crate (`rdmq_client::shm`), shared by both
 //! ends.
 //!
@@ -8,20 +9,20 @@
 //! `Conn` whose `fd` carries only the handshake and then end-of-file, and whose frames go
 //! through the rings instead of io_uring receives and sends.
 //!
-//! Data path, per pass: `poll_shm` looks at every shm connection's ring (one acquire load when
+//! Data path, per pass: `poll_rings` looks at every ring connection's receive ring (one acquire load when
 //! idle); whole frames are handled where they lie in the shared mapping, with no copy into a
 //! reassembly buffer; the bytes are given back to the client (the head advances) once handled.
-//! `flush_shm` copies the pass's output into the client's ring, as a send would into the
-//! kernel, and wakes the client if it sleeps.
+//! `flush_ring` copies the pass's output into the outgoing ring, as a send would into the
+//! kernel, and wakes the shm client if it sleeps (or posts the RDMA writes).
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::rc::Rc;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::Ordering;
 
 use rdmq_client::shm::{self, Region};
 use rdmq_client::wire::FRAME_HEADER_LEN;
 
-use crate::conn::ShmConn;
+use crate::conn::{RingConn, ShmConn};
 use crate::metrics;
 use crate::shard::Shard;
 
@@ -44,18 +45,18 @@ impl Shard {
         Ok(ShmConn { region: Rc::new(region), client_wake })
     }
 
-    /// Handles the whole frames waiting in every shm connection's ring; resumes output that a
-    /// full ring held back. Returns the number of connections that had input.
-    pub fn poll_shm(&mut self) -> usize {
+    /// Handles the whole frames waiting in every ring connection's receive ring (shared memory
+    /// or RDMA); resumes output that a full ring held back. Returns the number of connections
+    /// that had input.
+    pub fn poll_rings(&mut self) -> usize {
         let mut work = 0;
         let mut i = 0;
         // By index: a handler may close (and release) connections, which edits the list.
-        while i < self.shm_slots.len() {
-            let slot = self.shm_slots[i];
+        while i < self.ring_slots.len() {
+            let slot = self.ring_slots[i];
             i += 1;
             let Some(conn) = self.conns[slot as usize].as_ref() else { continue };
-            let shm = conn.shm.as_ref().expect("shm slot");
-            let region = shm.region.clone();
+            let region = conn.ring.as_ref().expect("ring slot").region().clone();
             if !conn.sending.is_empty() && region.s2c().free() > 0 {
                 self.dirty_conns.push(slot);
             }
@@ -74,23 +75,20 @@ impl Shard {
             let consumed = self.on_native_input(slot, generation, data, body_max);
             // A closing connection's unread input is dropped, as a socket's would be.
             rx.consume(consumed.unwrap_or(data.len()));
-            fence(Ordering::SeqCst);
-            if region.ctrl().client_waiting.0.load(Ordering::Relaxed) != 0 {
-                // The client may be waiting for the space just freed.
-                if let Some(c) = self.conns[slot as usize].as_ref().and_then(|c| c.shm.as_ref()) {
-                    shm::signal(c.client_wake.as_fd());
-                }
+            if let Some(ring) = self.conns[slot as usize].as_mut().and_then(|c| c.ring.as_mut()) {
+                ring.after_consume();
             }
         }
         work
     }
 
-    /// Copies a shm connection's output into its ring, as far as the ring has room; the rest
-    /// waits in `sending` until the client frees space (noticed by `poll_shm`).
-    pub fn flush_shm(&mut self, slot: u32) {
+    /// Copies a ring connection's output into its outgoing ring, as far as the ring has room;
+    /// the rest waits in `sending` until the client frees space (noticed by `poll_rings`).
+    pub fn flush_ring(&mut self, slot: u32) {
         let Some(conn) = self.conns[slot as usize].as_mut() else { return };
-        let shm = conn.shm.as_ref().expect("shm connection");
-        let tx = shm.region.s2c();
+        let ring = conn.ring.as_mut().expect("ring connection");
+        let region = ring.region().clone();
+        let tx = region.s2c();
         let mut wrote = 0;
         loop {
             if conn.sending.is_empty() {
@@ -110,11 +108,8 @@ impl Shard {
             conn.send_offset = 0;
         }
         if wrote > 0 {
-            metrics::add(&self.metrics.shm_bytes_out, wrote as u64);
-            fence(Ordering::SeqCst);
-            if shm.region.ctrl().client_waiting.0.load(Ordering::Relaxed) != 0 {
-                shm::signal(shm.client_wake.as_fd());
-            }
+            metrics::add(&self.metrics.ring_bytes_out, wrote as u64);
+            ring.after_write();
         }
         if conn.closing {
             self.maybe_release(slot);
@@ -122,23 +117,41 @@ impl Shard {
     }
 
     /// Before sleeping (`true`) the shard asks every shm client to wake it after writing or
-    /// consuming; after waking (`false`) it withdraws the request.
-    pub fn set_shm_waiting(&mut self, on: bool) {
-        for &slot in &self.shm_slots {
-            if let Some(shm) = self.conns[slot as usize].as_ref().and_then(|c| c.shm.as_ref()) {
+    /// consuming; after waking (`false`) it withdraws the request. (RDMA completions wake it
+    /// through the completion channel, see `rdma.rs`.)
+    pub fn set_ring_waiting(&mut self, on: bool) {
+        for &slot in &self.ring_slots {
+            if let Some(RingConn::Shm(shm)) =
+                self.conns[slot as usize].as_ref().and_then(|c| c.ring.as_deref())
+            {
                 shm.region.ctrl().server_waiting.0.store(on as u32, Ordering::SeqCst);
             }
         }
     }
 
-    /// Whether any shm connection has input, or held-back output and room for it (checked
-    /// after `set_shm_waiting(true)` and a fence, so nothing written before is missed).
-    pub fn shm_pending(&self) -> bool {
-        self.shm_slots.iter().any(|&slot| {
+    /// Whether any ring connection has input, or held-back output and room for it (checked
+    /// after `set_ring_waiting(true)` and a fence, so nothing written before is missed).
+    pub fn rings_pending(&mut self) -> bool {
+        let rings = self.ring_slots.iter().any(|&slot| {
             let Some(conn) = self.conns[slot as usize].as_ref() else { return false };
-            let region = &conn.shm.as_ref().expect("shm slot").region;
+            let region = conn.ring.as_ref().expect("ring slot").region();
             (!conn.closing && region.c2s().readable() > 0)
                 || (!conn.sending.is_empty() && region.s2c().free() > 0)
-        })
+        });
+        rings || self.rdma_before_sleep()
+    }
+
+    /// Lets go of a released connection's transport: an RDMA connection is disconnected
+    /// before its queue pair is destroyed.
+    pub fn release_ring(&mut self, ring: RingConn) {
+        match ring {
+            RingConn::Shm(_) => {}
+            #[cfg(feature = "rdma")]
+            RingConn::Rdma(mut link) => {
+                link.id.disconnect();
+                drop(link);
+                self.rdma_released();
+            }
+        }
     }
 }

@@ -157,6 +157,12 @@ impl Uring {
         self.push(e.user_data(user_data));
     }
 
+    /// One readiness notification when `fd` becomes readable.
+    pub fn poll_in(&mut self, fd: RawFd, user_data: u64) {
+        let e = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32).build();
+        self.push(e.user_data(user_data));
+    }
+
     /// Cancels every operation tagged `target`; its own completion carries `user_data`.
     pub fn cancel(&mut self, target: u64, user_data: u64) {
         let e = opcode::AsyncCancel::new(target).build();

@@ -157,7 +157,15 @@ enum Transport {
     Tcp(TcpStream),
     /// Shared memory: frames are written into and read from rings mapped in both processes.
     Shm(Box<ShmStream>),
+    /// RDMA: the same rings, each in its receiver's registered memory, filled by RDMA WRITEs.
+    #[cfg(feature = "rdma")]
+    Rdma(Box<crate::rdma::RdmaStream>),
 }
+
+/// Ring bytes per direction an RDMA client asks for (the server caps it with
+/// `rdma_ring_bytes_max`, 4 MiB by default).
+#[cfg(feature = "rdma")]
+const RDMA_RING_BYTES: usize = 1 << 20;
 
 struct Inner {
     sock: Transport,
@@ -259,9 +267,19 @@ impl Connection {
                 sock.set_nonblocking(opts.busy_poll)?;
                 (Transport::Tcp(sock), usize::MAX)
             }
+            #[cfg(feature = "rdma")]
+            Endpoint::Rdma(addr) => {
+                let mut s = crate::rdma::RdmaStream::connect(&addr, RDMA_RING_BYTES)?;
+                s.set_busy_poll(opts.busy_poll);
+                let ring = s.ring_bytes();
+                opts.batch_bytes = opts.batch_bytes.min(ring / 4);
+                (Transport::Rdma(Box::new(s)), ring / 2)
+            }
+            #[cfg(not(feature = "rdma"))]
             Endpoint::Rdma(_) => {
                 return Err(Error::Url(
-                    "the rdma:// transport is not built yet (issue #4); use tcp:// or shm://"
+                    "this build has no RDMA support (rebuild with --features rdma after \
+                     installing rdma-core and clang; see rxe-setup/README.md); use tcp:// or shm://"
                         .into(),
                 ))
             }
@@ -526,6 +544,20 @@ impl Inner {
                     }
                     n => Ok(n),
                 },
+                #[cfg(feature = "rdma")]
+                Transport::Rdma(s) => match s.write_some(&self.wbuf[at..]) {
+                    Ok(0) => {
+                        self.read_some(Some(Instant::now()))?;
+                        let Transport::Rdma(s) = &mut self.sock else { unreachable!() };
+                        let soon = Instant::now() + SHM_WRITE_WAIT;
+                        match s.wait_writable(Some(soon)) {
+                            Ok(()) => continue,
+                            Err(e) if e.kind() == ErrorKind::TimedOut => continue,
+                            Err(_) => return Err(self.fail("server closed the connection")),
+                        }
+                    }
+                    other => other,
+                },
             };
             match written {
                 Ok(0) => return Err(self.fail("server closed the connection")),
@@ -586,6 +618,16 @@ impl Inner {
             let sock = match &mut self.sock {
                 Transport::Tcp(s) => s,
                 Transport::Shm(s) => match s.read_until(&mut self.rbuf[len..], deadline) {
+                    Ok(0) => return Err(self.fail("server closed the connection")),
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == ErrorKind::TimedOut => return Ok(false),
+                    Err(e) => {
+                        self.closed = Some(e.to_string());
+                        return Err(Error::Io(e));
+                    }
+                },
+                #[cfg(feature = "rdma")]
+                Transport::Rdma(s) => match s.read_until(&mut self.rbuf[len..], deadline) {
                     Ok(0) => return Err(self.fail("server closed the connection")),
                     Ok(n) => break n,
                     Err(e) if e.kind() == ErrorKind::TimedOut => return Ok(false),

@@ -20,6 +20,8 @@
 //! ```
 #![deny(unsafe_code)]
 
+#[cfg(feature = "rdma")]
+pub mod rdma;
 pub mod shm;
 pub mod wire;
 

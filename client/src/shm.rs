@@ -255,6 +255,18 @@ impl Region {
         self.huge
     }
 
+    /// The first mapping of the client-to-server ring (an RDMA peer's receive ring).
+    pub fn c2s_ptr(&self) -> *mut u8 {
+        // SAFETY: the ring's mappings start right after the control block, inside the mapping.
+        unsafe { self.base.as_ptr().add(self.ctrl_bytes) }
+    }
+
+    /// The first mapping of the server-to-client ring (an RDMA sender's staging ring).
+    pub fn s2c_ptr(&self) -> *mut u8 {
+        // SAFETY: inside the mapping, after the c2s ring's two mappings.
+        unsafe { self.base.as_ptr().add(self.ctrl_bytes + 2 * self.cap) }
+    }
+
     /// The client-to-server ring.
     pub fn c2s(&self) -> Ring<'_> {
         let c = self.ctrl();
@@ -507,6 +519,17 @@ fn wait(wake: BorrowedFd<'_>, sock: BorrowedFd<'_>, timeout: Duration) -> io::Re
         return if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
     }
     Ok(fds[1].revents != 0)
+}
+
+/// Waits until one of `fds` has events or `timeout_ms` passes (EINTR is a wake-up).
+#[cfg(feature = "rdma")]
+pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<()> {
+    // SAFETY: `fds` is a live slice of pollfd for the call's duration.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if rc < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// One end of a shared-memory connection, blocking, with an optional busy-poll mode: what a

@@ -1,0 +1,275 @@
+//! The server's side of the RDMA transport (`rdma://IP:PORT`): the rdma_cm listener, accepting
+//! connections (each a `Conn` whose `RingConn::Rdma` link holds its queue pair and rings),
+//! the shared completion queue, and sleeping on both their descriptors. The ring protocol and
+//! every verbs call are in the client crate (`rdmq_client::rdma`), shared with clients.
+//!
+//! Runs on shard 0 only: it owns the listener, the protection domain, the completion queue and
+//! every RDMA connection (rdma_cm hands all connection requests to the listener's channel;
+//! moving identifiers between shards is not built). Each pass `poll_rdma` takes rdma_cm events
+//! (connect requests, disconnects) and completions (the peer's tail after its writes, its
+//! credits, our writes done) without blocking; `poll_rings` then parses frames in place from
+//! each link's receive ring, exactly as for shared memory. Before sleeping the shard arms the
+//! completion queue and keeps a poll armed on its channel and the rdma_cm channel in its
+//! io_uring, so a completion or a disconnect wakes it.
+//!
+//! Built only with the `rdma` cargo feature; without it `rdma_start` says why RDMA is
+//! unavailable and the rest is inert.
+
+use std::net::{SocketAddr, SocketAddrV4};
+
+use crate::shard::Shard;
+
+/// Why RDMA is off, in one line the server prints at start.
+pub type Unavailable = String;
+
+#[cfg(not(feature = "rdma"))]
+pub struct RdmaState;
+
+#[cfg(not(feature = "rdma"))]
+impl Shard {
+    pub fn rdma_start(&mut self, _addr: SocketAddrV4) -> Result<SocketAddr, Unavailable> {
+        Err("this build has no RDMA support (build with --features rdma; see rxe-setup/README.md)"
+            .into())
+    }
+
+    pub fn poll_rdma(&mut self) -> usize {
+        0
+    }
+
+    pub fn rdma_before_sleep(&mut self) -> bool {
+        false
+    }
+
+    pub fn on_rdma_ready(&mut self, _which: u32) {}
+}
+
+#[cfg(feature = "rdma")]
+pub use built::RdmaState;
+
+#[cfg(feature = "rdma")]
+mod built {
+    use super::*;
+    use crate::conn::{Conn, RingConn};
+    use crate::metrics;
+    use crate::shard::{op, user_data};
+    use rdmq_client::rdma::verbs::{self, CmEvent, CmId, Cq, EventChannel, EventKind, Pd, Wc};
+    use rdmq_client::rdma::{rejection, Endpoint, Link, RECV_WR, SEND_WR};
+
+    /// Completions taken per pass, so sockets and mailboxes get their turn under load.
+    const COMPLETIONS_PER_PASS: usize = 256;
+    /// Pending connection requests rdma_cm queues for the listener.
+    const LISTEN_BACKLOG: i32 = 64;
+    /// Which descriptor an armed io_uring poll watches (its slot field).
+    const WATCH_CQ: u32 = 0;
+    const WATCH_CM: u32 = 1;
+
+    pub struct RdmaState {
+        // Drop order: the listener identifier, then the CQ and PD (every connection's queue
+        // pair is gone by then: `Shard::conns` is dropped first), the channel last.
+        _listener: CmId,
+        cq: Option<Cq>,
+        pd: Option<Pd>,
+        ch: EventChannel,
+        wcs: Vec<Wc>,
+        /// io_uring polls in flight on the CQ channel and the rdma_cm channel.
+        armed: [bool; 2],
+        connections: usize,
+    }
+
+    impl Shard {
+        /// Opens the listener. The error says, in one line, why RDMA is unavailable.
+        pub fn rdma_start(&mut self, addr: SocketAddrV4) -> Result<SocketAddr, Unavailable> {
+            let devices = verbs::devices()?;
+            let ch = EventChannel::new().map_err(|e| e.to_string())?;
+            let mut listener = CmId::new(&ch).map_err(|e| e.to_string())?;
+            let port = listener.listen(addr, LISTEN_BACKLOG).map_err(|e| {
+                format!(
+                    "{e} (devices: {}; is {} an address of one?)",
+                    devices.join(", "),
+                    addr.ip()
+                )
+            })?;
+            self.rdma = Some(RdmaState {
+                _listener: listener,
+                cq: None,
+                pd: None,
+                ch,
+                wcs: vec![Wc::default(); COMPLETIONS_PER_PASS],
+                armed: [false; 2],
+                connections: 0,
+            });
+            Ok(SocketAddr::V4(SocketAddrV4::new(*addr.ip(), port)))
+        }
+
+        /// Takes rdma_cm events and completions without blocking; returns the work done.
+        pub fn poll_rdma(&mut self) -> usize {
+            let Some(r) = self.rdma.as_mut() else { return 0 };
+            let mut events = Vec::new();
+            loop {
+                match r.ch.next() {
+                    Ok(Some(ev)) => events.push(ev),
+                    Ok(None) => break,
+                    Err(e) => {
+                        eprintln!("rdmq: rdma_cm: {e}");
+                        break;
+                    }
+                }
+            }
+            let mut work = events.len();
+            for ev in events {
+                self.on_cm_event(ev);
+            }
+            work += self.reap_rdma_completions();
+            work
+        }
+
+        fn reap_rdma_completions(&mut self) -> usize {
+            let Some(r) = self.rdma.as_mut() else { return 0 };
+            let Some(cq) = r.cq.as_ref() else { return 0 };
+            let n = match cq.poll(&mut r.wcs) {
+                Ok(n) => n,
+                Err(e) => {
+                    eprintln!("rdmq: rdma: {e}");
+                    return 0;
+                }
+            };
+            let wcs: Vec<Wc> = r.wcs[..n].to_vec();
+            for wc in &wcs {
+                let (token, _) = Link::split_wr_id(wc.wr_id);
+                let (slot, generation) = ((token & 0xFFFF_FFFF) as u32, (token >> 32) as u32);
+                let Some(conn) = self.conn(slot, generation) else { continue };
+                let Some(RingConn::Rdma(link)) = conn.ring.as_deref_mut() else { continue };
+                link.on_completion(wc);
+                let broken = link.broken.clone();
+                // Space or send requests may have come back: move what waited.
+                let _ = link.push();
+                let _ = link.credit();
+                if let Some(why) = broken {
+                    if !conn.closing {
+                        eprintln!("rdmq: rdma connection {slot}: {why}; closing");
+                        self.close_conn(slot);
+                    }
+                } else {
+                    self.dirty_conns.push(slot);
+                }
+            }
+            n
+        }
+
+        fn on_cm_event(&mut self, ev: CmEvent) {
+            match ev.kind {
+                EventKind::ConnectRequest => self.rdma_accept(ev),
+                EventKind::Established => {}
+                _ => {
+                    // Disconnected, or an error on an established connection: close it.
+                    let (slot, generation) =
+                        ((ev.token & 0xFFFF_FFFF) as u32, (ev.token >> 32) as u32);
+                    if ev.token != 0 && self.conn(slot, generation).is_some() {
+                        self.close_conn(slot);
+                    }
+                }
+            }
+        }
+
+        fn rdma_accept(&mut self, ev: CmEvent) {
+            let id = ev.new_id.expect("a connect request carries its identifier");
+            let max = self.cfg.rdma_ring_bytes_max;
+            let peer = match Endpoint::decode(&ev.private) {
+                Ok(p) if p.ring_bytes <= max => p,
+                Ok(p) => return refuse(id, &format!("ring {} > {max} bytes", p.ring_bytes)),
+                Err(e) => return refuse(id, &e),
+            };
+            let r = self.rdma.as_mut().expect("listening");
+            if r.connections >= self.cfg.rdma_connections_max {
+                return refuse(id, "too many RDMA connections");
+            }
+            if r.pd.is_none() {
+                // The first connection names the device: the PD and the shared CQ live on it.
+                let entries = (self.cfg.rdma_connections_max as u32 * (SEND_WR + RECV_WR)) as i32;
+                match (Pd::new(&id), Cq::new(&id, entries)) {
+                    (Ok(pd), Ok(cq)) => (r.pd, r.cq) = (Some(pd), Some(cq)),
+                    (Err(e), _) | (_, Err(e)) => return refuse(id, &e.to_string()),
+                }
+            }
+            let Some(slot) = self.free_slots_pop() else {
+                return refuse(id, "connection table full");
+            };
+            let generation = self.next_generation(slot);
+            let token = (generation as u64) << 32 | slot as u64;
+            let r = self.rdma.as_mut().expect("listening");
+            let (pd, cq) = (r.pd.as_ref().expect("made"), r.cq.as_ref().expect("made"));
+            let link = Link::new(id, pd, cq, peer.ring_bytes, token).and_then(|mut l| {
+                l.set_peer(peer).map_err(std::io::Error::other)?;
+                let private = l.endpoint().encode();
+                l.id.accept(&private)?;
+                Ok(l)
+            });
+            let link = match link {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("rdmq: rdma accept failed: {e}");
+                    self.free_slot(slot);
+                    return;
+                }
+            };
+            r.connections += 1;
+            let mut conn = Conn::new(-1, generation);
+            conn.recv_armed = false;
+            conn.accepted_ms = self.now_ms;
+            conn.ring = Some(Box::new(RingConn::Rdma(link)));
+            self.conns[slot as usize] = Some(conn);
+            self.ring_slots.push(slot);
+            metrics::add(&self.metrics.connections_accepted, 1);
+        }
+
+        /// Arms the CQ and the io_uring polls before the shard sleeps; returns whether work
+        /// arrived meanwhile (then the shard must not sleep).
+        pub fn rdma_before_sleep(&mut self) -> bool {
+            let Some(r) = self.rdma.as_mut() else { return false };
+            if let Some(cq) = r.cq.as_mut() {
+                cq.drain_events();
+                let _ = cq.arm();
+            }
+            let fds = [r.cq.as_ref().map(|c| c.fd()), Some(r.ch.fd())];
+            let mut arm = Vec::new();
+            for (which, fd) in fds.into_iter().enumerate() {
+                if let Some(fd) = fd {
+                    if !r.armed[which] {
+                        r.armed[which] = true;
+                        arm.push((which as u32, fd));
+                    }
+                }
+            }
+            for (which, fd) in arm {
+                self.ring.poll_in(fd, user_data(op::RDMA_READY, 0, which));
+            }
+            // A completion that arrived before the arming raised no event: look once more.
+            self.poll_rdma() > 0
+        }
+
+        /// An armed poll fired: the next pass takes what is there; re-armed before sleeping.
+        pub fn on_rdma_ready(&mut self, which: u32) {
+            if let Some(r) = self.rdma.as_mut() {
+                r.armed[(which as usize).min(1)] = false;
+                if which == WATCH_CQ {
+                    if let Some(cq) = r.cq.as_mut() {
+                        cq.drain_events();
+                    }
+                }
+                let _ = WATCH_CM;
+            }
+        }
+
+        /// Called when an RDMA connection is released.
+        pub fn rdma_released(&mut self) {
+            if let Some(r) = self.rdma.as_mut() {
+                r.connections = r.connections.saturating_sub(1);
+            }
+        }
+    }
+
+    fn refuse(mut id: CmId, why: &str) {
+        eprintln!("rdmq: rdma connection refused: {why}");
+        id.reject(&rejection(why));
+    }
+}
