@@ -41,6 +41,8 @@ pub struct Server {
     pub url: String,
     /// The shared-memory transport's URL (`shm://<data dir>/rdmq.sock`).
     pub shm_url: String,
+    /// The RDMA transport's URL, when the server could listen for RDMA.
+    pub rdma_url: Option<String>,
     pub shards: usize,
     pub dir: PathBuf,
     log: PathBuf,
@@ -132,9 +134,18 @@ impl Server {
         // The reader hands the pipe back with the line, so the server never writes to a closed pipe.
         std::thread::spawn(move || {
             let mut r = BufReader::new(stdout);
-            // Four lines: the native listener, the STOMP and MQTT gateways', the shm socket.
+            // The native listener, the STOMP and MQTT gateways', RDMA when it is up, and the
+            // shm socket last.
             let mut line = String::new();
-            let res = (0..4).try_for_each(|_| r.read_line(&mut line).map(|_| ())).map(|_| line);
+            let res = loop {
+                let before = line.len();
+                match r.read_line(&mut line) {
+                    Ok(0) => break Ok(line),
+                    Ok(_) if line[before..].starts_with("listening shm://") => break Ok(line),
+                    Ok(_) => {}
+                    Err(e) => break Err(e),
+                }
+            };
             let _ = tx.send((res, r.into_inner()));
         });
         let (line, stdout) = match rx.recv_timeout(START_TIMEOUT) {
@@ -146,13 +157,17 @@ impl Server {
                 panic!("server did not start ({:?}); log:\n{log}", other.map(|(r, _)| r));
             }
         };
-        let mut lines = line.lines();
-        let (Some(addr), Some(stomp), Some(mqtt), Some(shm)) = (
+        let mut lines = line.lines().peekable();
+        let (addr, stomp, mqtt) = (
             lines.next().and_then(|l| l.strip_prefix("listening tcp://")),
             lines.next().and_then(|l| l.strip_prefix("listening stomp://")),
             lines.next().and_then(|l| l.strip_prefix("listening mqtt://")),
-            lines.next().filter(|l| l.starts_with("listening shm://")),
-        ) else {
+        );
+        let rdma_url = lines
+            .next_if(|l| l.starts_with("listening rdma://"))
+            .map(|l| l.strip_prefix("listening ").expect("checked").to_string());
+        let shm = lines.next().filter(|l| l.starts_with("listening shm://"));
+        let (Some(addr), Some(stomp), Some(mqtt), Some(shm)) = (addr, stomp, mqtt, shm) else {
             let _ = child.kill();
             let _ = child.wait();
             panic!("unexpected first lines from server: {line:?}");
@@ -165,6 +180,7 @@ impl Server {
             _stdout: stdout,
             url: format!("tcp://{addr}"),
             shm_url: shm.strip_prefix("listening ").expect("checked").to_string(),
+            rdma_url,
             addr,
             stomp,
             mqtt,
