@@ -10,7 +10,7 @@
 # Environment: RDMQ_RDMA_DEVICE (default rxe0), RDMQ_RDMA_ADDR (default 10.0.2.15),
 # PERFTEST_GID (GID index; default: the one holding the IPv4-mapped address, else 1),
 # PERFTEST_LAT_ITERS (default 1000), PERFTEST_BW_ITERS (default 500), PERFTEST_BW_SIZE (65536),
-# PERFTEST_LAT_CYCLES=1 (latency in cycles from the start, see below).
+# PERFTEST_LAT_SIZE (bytes per ib_send_lat message, default 2), PERFTEST_LAT_CYCLES=1 (latency in cycles from the start, see below).
 # Exit status: 0 when every test produced its figures, 1 otherwise.
 set -euo pipefail
 
@@ -96,7 +96,7 @@ done_lat=
 for mode in "${modes[@]}"; do
     extra=()
     if [ "$mode" = cycles ]; then extra=(-C); fi
-    run_pair ib_send_lat "$port" -n "$lat_iters" "${extra[@]}" || break
+    run_pair ib_send_lat "$port" -s "${PERFTEST_LAT_SIZE:-2}" -n "$lat_iters" "${extra[@]}" || break
     port=$((port + 10))
     read -r bytes iters tmin tmax ttyp tavg tstd p99 p999 _ <<<"$(data_line "$work/ib_send_lat.client")" || true
     if ! finite "${tmin:-}" "${tmax:-}" "${ttyp:-}" "${tavg:-}" "${tstd:-}" "${p99:-}" "${p999:-}"; then

@@ -137,20 +137,26 @@ fn serve(a: ServeArgs) -> Result<(), String> {
         server.addr,
         data_dir.display()
     );
-    // Scripts and tests read this line to learn the port when they asked for port 0.
-    println!("listening tcp://{}", server.addr);
+    // Scripts and tests read these lines to learn the ports when they asked for port 0. A
+    // reader that stopped listening (closed the pipe) is not a reason to stop serving.
+    use std::io::Write;
+    let mut stdout = std::io::stdout();
+    let mut announce = |line: String| {
+        let _ = writeln!(stdout, "{line}").and_then(|_| stdout.flush());
+    };
+    announce(format!("listening tcp://{}", server.addr));
     if let Some(addr) = server.stomp_addr {
         eprintln!("rdmq: serving STOMP 1.0-1.2 on {addr}");
-        println!("listening stomp://{addr}");
+        announce(format!("listening stomp://{addr}"));
     }
     if let Some(addr) = server.mqtt_addr {
         eprintln!("rdmq: serving MQTT 3.1.1/5.0 on {addr}");
-        println!("listening mqtt://{addr}");
+        announce(format!("listening mqtt://{addr}"));
     }
     match &server.rdma {
         Some(Ok(addr)) => {
             eprintln!("rdmq: serving the native protocol over RDMA on rdma://{addr}");
-            println!("listening rdma://{addr}");
+            announce(format!("listening rdma://{addr}"));
         }
         Some(Err(why)) => eprintln!("rdmq: RDMA unavailable, serving TCP and shared memory: {why}"),
         None => {}
@@ -160,10 +166,8 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             "rdmq: serving the native protocol over shared memory on shm://{}",
             path.display()
         );
-        println!("listening shm://{}", path.display());
+        announce(format!("listening shm://{}", path.display()));
     }
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
     let metrics = server.metrics.clone();
     let result = server.join();
     let summary: Vec<String> = metrics.snapshot().iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -73,6 +73,10 @@ mod built {
         wcs: Vec<Wc>,
         /// io_uring polls in flight on the CQ channel and the rdma_cm channel.
         armed: [bool; 2],
+        /// The rdma_cm channel was reported readable: take its events this pass. (Reading it
+        /// every pass would cost a system call per pass for something that happens once per
+        /// connection.)
+        cm_ready: bool,
         connections: usize,
     }
 
@@ -96,6 +100,7 @@ mod built {
                 ch,
                 wcs: vec![Wc::default(); COMPLETIONS_PER_PASS],
                 armed: [false; 2],
+                cm_ready: true,
                 connections: 0,
             });
             Ok(SocketAddr::V4(SocketAddrV4::new(*addr.ip(), port)))
@@ -105,14 +110,21 @@ mod built {
         pub fn poll_rdma(&mut self) -> usize {
             let Some(r) = self.rdma.as_mut() else { return 0 };
             let mut events = Vec::new();
-            loop {
+            if !r.armed[WATCH_CM as usize] {
+                // Keep a poll on the rdma_cm channel armed at all times; it sets `cm_ready`.
+                r.armed[WATCH_CM as usize] = true;
+                let fd = r.ch.fd();
+                self.ring.poll_in(fd, user_data(op::RDMA_READY, 0, WATCH_CM));
+            }
+            let Some(r) = self.rdma.as_mut() else { return 0 };
+            while std::mem::take(&mut r.cm_ready) {
                 match r.ch.next() {
-                    Ok(Some(ev)) => events.push(ev),
-                    Ok(None) => break,
-                    Err(e) => {
-                        eprintln!("rdmq: rdma_cm: {e}");
-                        break;
+                    Ok(Some(ev)) => {
+                        events.push(ev);
+                        r.cm_ready = true; // there may be more
                     }
+                    Ok(None) => {}
+                    Err(e) => eprintln!("rdmq: rdma_cm: {e}"),
                 }
             }
             let mut work = events.len();
@@ -255,8 +267,9 @@ mod built {
                     if let Some(cq) = r.cq.as_mut() {
                         cq.drain_events();
                     }
+                } else {
+                    r.cm_ready = true;
                 }
-                let _ = WATCH_CM;
             }
         }
 

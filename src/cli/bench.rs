@@ -25,6 +25,9 @@ use super::peer::{
 const RAW_BATCH_BYTES: usize = 64 << 10;
 /// Ping-pong warm-up round trips, not measured.
 const PINGPONG_WARMUP: u64 = 2_000;
+/// With --busy-poll, a spawned server spins this long without work before sleeping, as the
+/// clients never sleep: the measurement is then of the data path, not of wake-ups.
+const BUSY_SERVER_SPIN_US: u64 = 20_000;
 /// How often the progress line is refreshed.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
@@ -69,10 +72,18 @@ pub struct BenchArgs {
     /// Queue durability: memory, flush or fsync.
     #[arg(long, default_value = "memory")]
     durability: Durability,
-    /// Transport of both the broker run and the raw baseline: tcp or shm (rdma is not built
-    /// yet). With --url, the URL's scheme decides.
+    /// Transport of both the broker run and the raw baseline: tcp, shm or rdma (rdma needs the
+    /// rdma build and a device). With --url, the URL's scheme decides.
     #[arg(long, default_value = "tcp")]
     transport: String,
+    /// The RDMA device's IPv4 address (for --spawn and the raw baseline over rdma).
+    /// Default: $RDMQ_RDMA_ADDR (set inside the rxe-setup VM)
+    #[arg(long)]
+    rdma_addr: Option<String>,
+    /// Also run this perftest script (rxe-setup/perftest.sh) and report its ib_send_lat and
+    /// ib_write_bw figures beside the broker's: the verbs floor, measured in the same run.
+    #[arg(long, value_name = "SCRIPT")]
+    perftest: Option<PathBuf>,
     /// Subscribers for fanout.
     #[arg(long, default_value_t = 4)]
     subscribers: usize,
@@ -138,6 +149,9 @@ struct Report {
     #[serde(flatten)]
     broker: Figures,
     baseline: Figures,
+    /// perftest's figures from the same run (`--perftest`), by name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    perftest: Option<std::collections::BTreeMap<String, f64>>,
     notes: Vec<String>,
 }
 
@@ -155,8 +169,20 @@ pub fn run(mut args: BenchArgs) -> Result<(), String> {
     }
     match args.transport.as_str() {
         "tcp" | "shm" => {}
-        "rdma" => return Err("transport rdma is not built yet (issue #4); use tcp or shm".into()),
-        other => return Err(format!("unknown transport {other:?} (tcp, shm)")),
+        "rdma" if !cfg!(feature = "rdma") => {
+            return Err("this build has no RDMA support (build with --features rdma)".into())
+        }
+        "rdma" => {
+            if args.rdma_addr.is_none() {
+                args.rdma_addr = std::env::var("RDMQ_RDMA_ADDR").ok();
+            }
+            if args.rdma_addr.is_none() {
+                return Err("--transport rdma needs --rdma-addr (or RDMQ_RDMA_ADDR): the \
+                            IPv4 address of an RDMA device"
+                    .into());
+            }
+        }
+        other => return Err(format!("unknown transport {other:?} (tcp, shm, rdma)")),
     }
     let size = args.size.unwrap_or(if args.workload == Workload::Shootout { 1024 } else { 64 });
     if args.count == Some(0) {
@@ -180,7 +206,14 @@ pub fn run(mut args: BenchArgs) -> Result<(), String> {
         format!("subscriber_buffer_max = {}\n", count + 16)
     });
     let spawned = if args.spawn {
-        Some(SpawnedServer::start(args.shards, config, &args.transport)?)
+        let rdma = args.rdma_addr.clone().filter(|_| args.transport == "rdma");
+        if args.busy_poll {
+            notes.push(format!(
+                "--busy-poll: the spawned server spins {BUSY_SERVER_SPIN_US} us before sleeping"
+            ));
+        }
+        let spin = args.busy_poll.then_some(BUSY_SERVER_SPIN_US);
+        Some(SpawnedServer::start(args.shards, config, &args.transport, rdma, spin)?)
     } else {
         None
     };
@@ -231,6 +264,10 @@ pub fn run(mut args: BenchArgs) -> Result<(), String> {
         }
     };
     drop(spawned);
+    let perftest = match &ctx.args.perftest {
+        Some(script) => Some(run_perftest(script, size)?),
+        None => None,
+    };
     let report = Report {
         workload: ctx.args.workload,
         transport: ctx.args.transport.clone(),
@@ -239,6 +276,7 @@ pub fn run(mut args: BenchArgs) -> Result<(), String> {
         size,
         broker,
         baseline,
+        perftest,
         notes,
     };
     print_table(&report);
@@ -259,6 +297,8 @@ struct SpawnedServer {
     child: Child,
     url: String,
     dir: PathBuf,
+    /// Kept open: the server may print more `listening` lines after the one we wanted.
+    _stdout: BufReader<ChildStdout>,
 }
 
 impl SpawnedServer {
@@ -266,6 +306,8 @@ impl SpawnedServer {
         shards: Option<usize>,
         config: Option<String>,
         transport: &str,
+        rdma_addr: Option<String>,
+        idle_spin_us: Option<u64>,
     ) -> Result<SpawnedServer, String> {
         let dir = std::env::temp_dir().join(format!("rdmq-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -290,6 +332,11 @@ impl SpawnedServer {
         if let Some(n) = shards {
             cmd.args(["--shards", &n.to_string()]);
         }
+        let rdma = rdma_addr.map_or("off".to_string(), |a| format!("{a}:0"));
+        cmd.args(["--rdma-listen", &rdma]);
+        if let Some(us) = idle_spin_us {
+            cmd.args(["--idle-spin-us", &us.to_string()]);
+        }
         let mut child =
             cmd.stdout(Stdio::piped()).spawn().map_err(|e| format!("spawn rdmq serve: {e}"))?;
         // One `listening URL` line per listener (tcp first, then shm): take the transport's.
@@ -308,7 +355,7 @@ impl SpawnedServer {
             }
         }
         let url = line.trim().strip_prefix("listening ").expect("checked").to_string();
-        Ok(SpawnedServer { url, child, dir })
+        Ok(SpawnedServer { url, child, dir, _stdout: out })
     }
 }
 
@@ -346,6 +393,7 @@ impl Peer {
             .args(["--count", &count.to_string(), "--size", &ctx.size.to_string()])
             .args(["--credit", &ctx.args.credit.to_string()])
             .args(["--transport", &ctx.args.transport])
+            .args(["--rdma-addr", ctx.args.rdma_addr.as_deref().unwrap_or("")])
             .args(extra);
         if ctx.args.busy_poll {
             cmd.arg("--busy-poll");
@@ -946,6 +994,66 @@ fn shootout_raw(ctx: &Ctx, data_dir: Option<PathBuf>) -> Result<Figures, String>
 
 // ---- output ----
 
+/// Runs the perftest script and collects its `PERFTEST name key=value...` lines as
+/// `name.key` figures (numbers only).
+fn run_perftest(
+    script: &std::path::Path,
+    size: usize,
+) -> Result<std::collections::BTreeMap<String, f64>, String> {
+    let out = Process::new(script)
+        .env("PERFTEST_LAT_SIZE", size.to_string())
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("{}: {e}", script.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut figures = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("PERFTEST") {
+            continue;
+        }
+        let name = words.next().unwrap_or("?");
+        for kv in words {
+            if let Some((k, v)) = kv.split_once('=') {
+                if let Ok(v) = v.parse::<f64>() {
+                    figures.insert(format!("{name}.{k}"), v);
+                }
+            }
+        }
+    }
+    if !out.status.success() || figures.is_empty() {
+        return Err(format!("{} failed ({}): {text}", script.display(), out.status));
+    }
+    Ok(figures)
+}
+
+fn print_perftest(r: &Report) {
+    let Some(p) = &r.perftest else { return };
+    println!("perftest (verbs floor, same run):");
+    if let (Some(lat), Some(rtt)) = (p.get("ib_send_lat.t_typical_us"), r.broker.rtt_us) {
+        // ib_send_lat reports one-way latency: a round trip is twice that.
+        let floor = 2.0 * lat;
+        println!(
+            "  ib_send_lat typical {lat:.1} us one way = {floor:.1} us round trip; broker rtt p50 \
+             {:.1} us = {:.2}x, raw rdma rtt p50 {:.1} us = {:.2}x",
+            rtt.p50,
+            rtt.p50 / floor,
+            r.baseline.rtt_us.map_or(f64::NAN, |x| x.p50),
+            r.baseline.rtt_us.map_or(f64::NAN, |x| x.p50 / floor)
+        );
+    }
+    if let Some(bw) = p.get("ib_write_bw.bw_avg_MBps") {
+        println!(
+            "  ib_write_bw average {bw:.1} MB/s; broker {:.1} MB/s = {:.2}x, raw rdma {:.1} MB/s = \
+             {:.2}x",
+            r.broker.mb_per_s,
+            r.broker.mb_per_s / bw,
+            r.baseline.mb_per_s,
+            r.baseline.mb_per_s / bw
+        );
+    }
+}
+
 fn print_table(r: &Report) {
     println!(
         "workload {:?}  transport {}  durability {}  count {}  size {} B",
@@ -986,6 +1094,7 @@ fn print_table(r: &Report) {
         }
     };
     println!("{:<22}{:>16}{:>16}", "verified", yes(b), yes(raw));
+    print_perftest(r);
     for n in &r.notes {
         println!("note: {n}");
     }

@@ -66,10 +66,18 @@ pub struct PeerArgs {
     /// Record end-to-end latency from the payload's timestamp (rate workload).
     #[arg(long)]
     latency: bool,
-    /// Transport of the raw roles: tcp (a loopback port) or shm (a socket in the temp dir).
+    /// Transport of the raw roles: tcp (a loopback port), shm (a socket in the temp dir) or
+    /// rdma (rdma_cm on --rdma-addr).
     #[arg(long, default_value = "tcp")]
     transport: String,
+    /// The RDMA device's IPv4 address, for raw rdma roles.
+    #[arg(long, default_value = "")]
+    rdma_addr: String,
 }
+
+/// Ring bytes of a raw RDMA baseline: the client crate's own RDMA ring size.
+#[cfg(feature = "rdma")]
+pub const RAW_RDMA_RING_BYTES: usize = 1 << 20;
 
 /// Ring bytes of a raw shm baseline: the server's default `shm_ring_bytes`, so both sides
 /// move the same amount per wake-up.
@@ -80,6 +88,8 @@ pub const RAW_SHM_RING_BYTES: usize = 4 << 20;
 pub enum RawStream {
     Tcp(TcpStream),
     Shm(Box<ShmStream>),
+    #[cfg(feature = "rdma")]
+    Rdma(Box<rdmq_client::rdma::RdmaStream>),
 }
 
 impl RawStream {
@@ -90,6 +100,13 @@ impl RawStream {
                 ShmStream::connect(std::path::Path::new(addr)).map_err(|e| e.to_string())?;
             s.set_busy_poll(busy_poll);
             return Ok(RawStream::Shm(Box::new(s)));
+        }
+        #[cfg(feature = "rdma")]
+        if transport == "rdma" {
+            let mut s = rdmq_client::rdma::RdmaStream::connect(addr, RAW_RDMA_RING_BYTES)
+                .map_err(|e| e.to_string())?;
+            s.set_busy_poll(busy_poll);
+            return Ok(RawStream::Rdma(Box::new(s)));
         }
         let port: u16 = addr.parse().map_err(|_| format!("raw peer announced {addr:?}"))?;
         let s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
@@ -103,6 +120,8 @@ impl Read for RawStream {
         match self {
             RawStream::Tcp(s) => s.read(buf),
             RawStream::Shm(s) => s.read(buf),
+            #[cfg(feature = "rdma")]
+            RawStream::Rdma(s) => s.read(buf),
         }
     }
 }
@@ -112,11 +131,17 @@ impl Write for RawStream {
         match self {
             RawStream::Tcp(s) => s.write(buf),
             RawStream::Shm(s) => s.write(buf),
+            #[cfg(feature = "rdma")]
+            RawStream::Rdma(s) => s.write(buf),
         }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+        match self {
+            #[cfg(feature = "rdma")]
+            RawStream::Rdma(s) => s.flush(),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -357,6 +382,16 @@ fn accept_one(a: &PeerArgs) -> Result<RawStream, String> {
         let mut s = s?;
         s.set_busy_poll(a.busy_poll);
         return Ok(RawStream::Shm(Box::new(s)));
+    }
+    #[cfg(feature = "rdma")]
+    if a.transport == "rdma" {
+        use rdmq_client::rdma::{resolve_v4, RdmaListener, RdmaStream};
+        let bind = resolve_v4(&format!("{}:0", a.rdma_addr)).map_err(|e| e.to_string())?;
+        let l = RdmaListener::bind(bind).map_err(|e| e.to_string())?;
+        announce(&format!("ready {}:{}", a.rdma_addr, l.port));
+        let mut s = RdmaStream::accept(l).map_err(|e| e.to_string())?;
+        s.set_busy_poll(a.busy_poll);
+        return Ok(RawStream::Rdma(Box::new(s)));
     }
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let port = l.local_addr().map_err(|e| e.to_string())?.port();

@@ -16,7 +16,7 @@
 //! data. The receiver's completion queue reports it; the receiver stores the tail into its ring
 //! control block, and from there reading is the shared-memory code unchanged: the server parses
 //! frames in place (the receive ring is mapped twice, so a wrapped frame is contiguous). Once a
-//! receiver has consumed an eighth of the ring, or everything, it sends its head back as the
+//! receiver has consumed an eighth of the ring it sends its head back as the
 //! immediate of a zero-length SEND; that is the sender's credit, stored as the staging ring's
 //! head, so `Ring::free` is the space the sender may write: it never overruns the peer.
 //!
@@ -246,14 +246,14 @@ impl Link {
         Ok(())
     }
 
-    /// Reports the receive ring's head to the peer once an eighth of the ring (or all that was
-    /// there) has been consumed since the last report.
+    /// Reports the receive ring's head to the peer once an eighth of the ring has been consumed
+    /// since the last report. Never more often: a credit is a message the peer's NIC and CPU
+    /// must handle. It cannot deadlock: a sender is short of space only when more than seven
+    /// eighths of the ring are unreported, and then a report is due; a frame the server waits
+    /// for whole is at most three quarters of the ring (the client's batch and message limits).
     pub fn credit(&mut self) -> io::Result<()> {
-        let ctrl = self.region.ctrl();
-        let head = ctrl.c2s_head.0.load(Ordering::Relaxed);
-        let tail = ctrl.c2s_tail.0.load(Ordering::Relaxed);
-        let owed = head - self.credited;
-        let due = owed >= self.region.ring_bytes() as u64 / 8 || (owed > 0 && head == tail);
+        let head = self.region.ctrl().c2s_head.0.load(Ordering::Relaxed);
+        let due = head - self.credited >= self.region.ring_bytes() as u64 / 8;
         if !due || self.sq_free == 0 || self.peer.is_none() || self.broken.is_some() {
             return Ok(());
         }
@@ -263,12 +263,10 @@ impl Link {
         Ok(())
     }
 
-    /// Whether this end still owes the peer a credit or has staged bytes to send (work the
-    /// caller must come back for once send requests complete).
+    /// Whether this end has staged bytes not yet posted (work the caller must come back for
+    /// once send requests complete).
     pub fn has_pending(&self) -> bool {
-        let ctrl = self.region.ctrl();
-        ctrl.s2c_tail.0.load(Ordering::Relaxed) != self.posted
-            || ctrl.c2s_head.0.load(Ordering::Relaxed) != self.credited
+        self.region.ctrl().s2c_tail.0.load(Ordering::Relaxed) != self.posted
     }
 
     fn wr(&self, kind: u64) -> u64 {
@@ -599,9 +597,12 @@ mod tests {
             eprintln!("SKIPPED: RDMQ_RDMA_ADDR is not set (no RDMA device; see rxe-setup/)");
             return;
         };
-        let l = RdmaListener::bind(resolve_v4(&format!("{addr}:0")).unwrap()).unwrap();
-        let port = l.port;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let bind = resolve_v4(&format!("{addr}:0")).unwrap();
+        // Verbs objects are not Send: the server end is made on its own thread.
         let server = std::thread::spawn(move || {
+            let l = RdmaListener::bind(bind).unwrap();
+            tx.send(l.port).unwrap();
             let mut s = RdmaStream::accept(l).unwrap();
             let mut buf = vec![0u8; 4096];
             let mut total = 0usize;
@@ -613,6 +614,7 @@ mod tests {
             }
             io::Write::flush(&mut s).unwrap();
         });
+        let port = rx.recv().unwrap();
         let mut c = RdmaStream::connect(&format!("{addr}:{port}"), RING_BYTES_MIN).unwrap();
         let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 13 % 251) as u8).collect();
         let (mut got, mut sent) = (Vec::new(), 0);
