@@ -2,7 +2,7 @@
 # Prepares everything vm.sh needs to run commands in a throw-away VM with SoftRoCE (rdma_rxe), for
 # hosts whose own kernel lacks it. Idempotent; run as root. It
 #   1. apt-get installs qemu, rdma-core, the verbs/rdma_cm tools and libraries, perftest, busybox-static
-#      and friends (skipped when dpkg says they are all installed);
+#      and friends, and what `cargo build --features rdma` needs (clang, libclang-dev, pkg-config) (skipped when dpkg says they are all installed);
 #   2. downloads (does not install) the Debian kernel package that linux-image-amd64 depends on,
 #      unpacks it with dpkg -x, runs depmod -b, keeps its bzImage, an uncompressed vmlinux pulled out
 #      of it with Python's lzma (qemu boots that through PVH, a few seconds faster) and the modules
@@ -18,8 +18,11 @@ cache=${RXE_CACHE:-/var/cache/rdmq-rxe}
 # Modules loaded in the guest. crc32_generic must be explicit: rdma_rxe asks for the crc32 algorithm
 # at run time, and without it `rdma link add` fails with "failed to init crc32 algorithm err:-2".
 modules=(virtio_pci virtio_net 9pnet_virtio 9p overlay crc32_generic rdma_rxe rdma_ucm)
+# clang, libclang-dev and pkg-config are for the host's build with `--features rdma` (rdma-sys
+# generates its bindings with bindgen), not for the VM.
 packages=(qemu-system-x86 rdma-core ibverbs-utils ibverbs-providers libibverbs-dev librdmacm-dev
-    rdmacm-utils perftest iproute2 busybox-static cpio kmod python3 xz-utils)
+    rdmacm-utils perftest iproute2 busybox-static cpio kmod python3 xz-utils
+    clang libclang-dev pkg-config)
 
 log() { echo "[rxe-install] $*" >&2; }
 die() {

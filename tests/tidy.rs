@@ -6,12 +6,13 @@ use std::path::{Path, PathBuf};
 
 /// The only files allowed to contain `unsafe`, and why.
 const UNSAFE_ALLOWED: &[&str] = &[
-    "src/sys.rs",          // raw syscalls: sockets, eventfd, affinity, signals
-    "src/uring.rs",        // io_uring submissions and the provided-buffer ring
-    "src/mailbox.rs",      // the SPSC ring between shard threads
-    "src/shard.rs",        // leases a connection's send buffer and the eventfd target to the kernel
+    "src/sys.rs",               // raw syscalls: sockets, eventfd, affinity, signals
+    "src/uring.rs",             // io_uring submissions and the provided-buffer ring
+    "src/mailbox.rs",           // the SPSC ring between shard threads
+    "src/shard.rs", // leases a connection's send buffer and the eventfd target to the kernel
     "src/journal/ring.rs", // maps the journal's huge-page write ring
-    "client/src/shm.rs",   // shared-memory rings: memfd, mmap, SCM_RIGHTS, eventfd, ppoll
+    "client/src/shm.rs", // shared-memory rings: memfd, mmap, SCM_RIGHTS, eventfd, ppoll
+    "client/src/rdma/verbs.rs", // every libibverbs and librdmacm call
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
