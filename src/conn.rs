@@ -23,13 +23,14 @@ pub const TOPIC_DELIVER_BATCH: usize = 1024;
 pub const DELIVER_FRAME_BYTES: usize = 1 << 20;
 
 /// Appends DELIVER frames for consumer or subscription `id`, entries given as (tag,
-/// delivery count, flags, record), cut at [`DELIVER_FRAME_BYTES`]. Returns the entry count.
+/// delivery count, flags, record), cut at [`DELIVER_FRAME_BYTES`]. Returns the entry count and
+/// the record bytes copied.
 pub fn write_deliver_frames<'a>(
     out: &mut Vec<u8>,
     id: u32,
     entries: impl Iterator<Item = (u64, u32, u16, &'a [u8])>,
-) -> usize {
-    let mut written = 0;
+) -> (usize, usize) {
+    let (mut written, mut bytes) = (0, 0);
     let mut frame_start = out.len();
     let mut w = DeliverWriter::begin(out, id);
     for (tag, count, flags, record) in entries {
@@ -40,9 +41,87 @@ pub fn write_deliver_frames<'a>(
         }
         w.push(out, tag, count, flags, record);
         written += 1;
+        bytes += record.len();
     }
     w.finish(out);
-    written
+    (written, bytes)
+}
+
+/// Writes whole DELIVER frames for `id` straight into `buf` (a ring's free span), frames cut
+/// at [`DELIVER_FRAME_BYTES`], entries from `items` through `entry` (tag, delivery count,
+/// flags, record), stopping at the first entry that does not fit. Returns (bytes used, entries
+/// written, record bytes copied). The frame layout is `DeliverWriter`'s.
+pub fn write_deliver_into<T>(
+    buf: &mut [u8],
+    id: u32,
+    items: &[T],
+    entry: impl Fn(&T) -> (u64, u32, u16, &[u8]),
+) -> (usize, usize, usize) {
+    use rdmq_client::wire::{deliver::ENTRY_HEADER_LEN, Opcode, FRAME_HEADER_LEN};
+    const BODY_HEADER: usize = 8;
+    let (mut used, mut written, mut copied) = (0, 0, 0);
+    while written < items.len() {
+        let frame_at = used;
+        let mut at = frame_at + FRAME_HEADER_LEN + BODY_HEADER;
+        let mut count = 0u32;
+        while written < items.len() {
+            let (tag, deliveries, flags, record) = entry(&items[written]);
+            let len = ENTRY_HEADER_LEN + record.len();
+            let frame_full = count > 0 && at - frame_at + record.len() > DELIVER_FRAME_BYTES;
+            if frame_full || at + len > buf.len() {
+                break;
+            }
+            buf[at..at + 8].copy_from_slice(&tag.to_le_bytes());
+            buf[at + 8..at + 12].copy_from_slice(&deliveries.to_le_bytes());
+            buf[at + 12..at + 14].copy_from_slice(&flags.to_le_bytes());
+            buf[at + 14..at + 16].copy_from_slice(&0u16.to_le_bytes());
+            buf[at + 16..at + len].copy_from_slice(record);
+            at += len;
+            count += 1;
+            copied += record.len();
+            written += 1;
+        }
+        if count == 0 {
+            break; // not even one entry fits: the caller buffers the rest
+        }
+        let body = (at - frame_at - FRAME_HEADER_LEN) as u32;
+        let h = &mut buf[frame_at..frame_at + FRAME_HEADER_LEN + BODY_HEADER];
+        h[0..4].copy_from_slice(&body.to_le_bytes());
+        h[4] = Opcode::Deliver as u8;
+        h[5..16].fill(0); // flags, reserved, request id 0
+        h[16..20].copy_from_slice(&id.to_le_bytes());
+        h[20..24].copy_from_slice(&count.to_le_bytes());
+        used = at;
+    }
+    (used, written, copied)
+}
+
+/// A topic message as a DELIVER entry: tag 0, first delivery, no flags.
+fn topic_entry(m: &MsgRef) -> (u64, u32, u16, &[u8]) {
+    (0, 1, 0, m.bytes())
+}
+
+/// `Conn::deliver_to_ring` on the parts of a connection (so `pump` can use it while it walks
+/// the subscriptions).
+fn ring_deliver<T>(
+    ring: Option<&RingConn>,
+    out: &[u8],
+    sending: &[u8],
+    id: u32,
+    items: &[T],
+    entry: impl Fn(&T) -> (u64, u32, u16, &[u8]),
+) -> (usize, usize) {
+    let Some(ring) = ring else { return (0, 0) };
+    if !out.is_empty() || !sending.is_empty() || items.is_empty() {
+        return (0, 0);
+    }
+    let (mut n, mut bytes) = (0, 0);
+    ring.region().s2c().write_with(|buf| {
+        let (used, w, b) = write_deliver_into(buf, id, items, &entry);
+        (n, bytes) = (w, b);
+        used
+    });
+    (n, bytes)
 }
 
 /// A topic subscription's bounded buffer.
@@ -188,33 +267,60 @@ impl Conn {
         }
     }
 
+    /// For a ring connection with no output queued ahead (order is kept): writes DELIVER
+    /// frames for as many of `items` as fit straight into its outgoing ring, the record's one
+    /// copy on its way out. Returns (entries written, record bytes copied); the caller buffers
+    /// the rest in `out` as usual.
+    pub fn deliver_to_ring<T>(
+        &mut self,
+        id: u32,
+        items: &[T],
+        entry: impl Fn(&T) -> (u64, u32, u16, &[u8]),
+    ) -> (usize, usize) {
+        ring_deliver(self.ring.as_deref(), &self.out, &self.sending, id, items, entry)
+    }
+
     /// Whether `id` is already used by a consumer or subscription of this connection.
     pub fn id_in_use(&self, id: u32) -> bool {
         self.consumers.contains_key(&id) || self.subs.contains_key(&id)
     }
 
     /// Moves buffered topic messages into the output until it reaches `high_water`.
-    /// Returns how many messages were written.
-    pub fn pump(&mut self, high_water: usize) -> usize {
+    /// Returns how many messages were written, and their record bytes (native connections).
+    pub fn pump(&mut self, high_water: usize) -> (usize, usize) {
         if self.closing {
-            return 0;
+            return (0, 0);
         }
         if let Some(session) = self.stomp.as_mut() {
-            return session.pump(&mut self.subs, &mut self.out, high_water);
+            return (session.pump(&mut self.subs, &mut self.out, high_water), 0);
         }
         if let Some(session) = self.mqtt.as_mut() {
             let now_us = crate::broker::wall_clock_ms() * 1000;
-            return session.pump(&mut self.subs, &mut self.out, high_water, now_us);
+            return (session.pump(&mut self.subs, &mut self.out, high_water, now_us), 0);
         }
-        let mut written = 0;
-        for (&id, sub) in self.subs.iter_mut() {
-            while !sub.pending.is_empty() && self.out.len() < high_water {
+        let (mut written, mut bytes) = (0, 0);
+        let Conn { subs, ring, out, sending, .. } = self;
+        for (&id, sub) in subs.iter_mut() {
+            // Straight into the ring while nothing waits ahead, then into `out`.
+            while !sub.pending.is_empty() {
+                let front = sub.pending.as_slices().0;
+                let n = front.len().min(TOPIC_DELIVER_BATCH);
+                let (w, b) =
+                    ring_deliver(ring.as_deref(), out, sending, id, &front[..n], topic_entry);
+                (written, bytes) = (written + w, bytes + b);
+                sub.pending.drain(..w);
+                if w < n {
+                    break;
+                }
+            }
+            while !sub.pending.is_empty() && out.len() < high_water {
                 let n = sub.pending.len().min(TOPIC_DELIVER_BATCH);
                 let entries = sub.pending.iter().take(n).map(|m| (0, 1, 0, m.bytes()));
-                written += write_deliver_frames(&mut self.out, id, entries);
+                let (w, b) = write_deliver_frames(out, id, entries);
+                (written, bytes) = (written + w, bytes + b);
                 sub.pending.drain(..n);
             }
         }
-        written
+        (written, bytes)
     }
 }

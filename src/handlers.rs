@@ -43,6 +43,7 @@ impl Shard {
             return fatal(self, slot, code::PROTOCOL_ERROR, msg);
         }
         conn.inbuf.extend_from_slice(data);
+        metrics::add(&self.metrics.copy_in_bytes, data.len() as u64);
         if let Some(session) = conn.stomp.as_mut() {
             session.last_in_ms = self.now_ms;
             return self.stomp_parse(slot);
@@ -254,6 +255,7 @@ impl Shard {
         match p.kind {
             DestKind::Queue => {
                 let batch: Arc<[u8]> = Arc::from(&body[p.batch_offset..]);
+                metrics::add(&self.metrics.copy_in_bytes, batch.len() as u64);
                 let queue: Arc<str> = p.name.into();
                 let owner = self.queue_owner(&queue);
                 self.route(
@@ -299,6 +301,7 @@ impl Shard {
         if !targets.is_empty() {
             let topic: Arc<str> = name.into();
             let shared: Arc<[u8]> = Arc::from(batch);
+            metrics::add(&self.metrics.copy_in_bytes, batch.len() as u64);
             let spans: Arc<[(u32, u32)]> = BatchView::trusted(batch)
                 .records()
                 .map(|(at, r)| (at as u32, r.bytes.len() as u32))
@@ -462,6 +465,7 @@ impl Shard {
         // A queue does not keep the topic a message was published to; put it in a header, so a
         // durable subscriber (and a gateway's persistent session) can say where it came from.
         let batch: Arc<[u8]> = stamp_topic(batch, topic).into();
+        metrics::add(&self.metrics.copy_in_bytes, batch.len() as u64);
         let n = queues.len();
         for queue in queues {
             let owner = self.queue_owner(&queue);
@@ -480,8 +484,9 @@ impl Shard {
             return;
         }
         let entries = msgs.iter().map(|(seq, rec, deliveries)| (*seq, *deliveries, 0, rec.bytes()));
-        write_deliver_frames(&mut conn.out, id, entries);
+        let (_, copied) = write_deliver_frames(&mut conn.out, id, entries);
         encode_ok(&mut conn.out, to.request_id);
+        metrics::add(&self.metrics.copy_deliver_bytes, copied as u64);
         self.dirty_conns.push(to.slot);
     }
 
@@ -499,12 +504,13 @@ impl Shard {
         if conn.mqtt.is_some() {
             return self.write_mqtt_messages(key, msgs);
         }
-        let entries = msgs.iter().map(|m| {
-            let flags = if m.redelivered { FLAG_REDELIVERED } else { 0 };
-            (m.tag, m.delivery_count, flags, m.rec.bytes())
-        });
-        write_deliver_frames(&mut conn.out, key.id, entries);
+        let (direct, mut copied) = conn.deliver_to_ring(key.id, &msgs, queue_entry);
+        if direct < msgs.len() {
+            let rest = msgs[direct..].iter().map(queue_entry);
+            copied += write_deliver_frames(&mut conn.out, key.id, rest).1;
+        }
         metrics::add(&self.metrics.delivered, msgs.len() as u64);
+        metrics::add(&self.metrics.copy_deliver_bytes, copied as u64);
         self.dirty_conns.push(key.slot);
     }
 
@@ -597,8 +603,12 @@ pub fn apply(s: &mut Shard, ev: Event) {
             let recs = BatchView::trusted(&batch)
                 .records()
                 .map(|(at, r)| (at as u32, r.bytes.len() as u32, r.header.ttl_ms));
+            let journalled = q.durability() != rdmq_client::Durability::Memory;
             let result = q.publish(&batch, recs, count, now);
             let durable = q.durable_position();
+            if journalled && result.is_ok() {
+                metrics::add(&s.metrics.copy_journal_bytes, batch.len() as u64);
+            }
             s.mark_queue_dirty(&queue);
             // Errors go to whoever asked; confirms only to publishers that want them.
             match (result, reply.filter(|_| confirm)) {
@@ -855,6 +865,12 @@ pub fn fatal(s: &mut Shard, slot: u32, code: u16, message: &str) {
         metrics::add(&s.metrics.protocol_errors, 1);
     }
     s.close_conn_with(slot, true);
+}
+
+/// A queue delivery as a DELIVER entry.
+fn queue_entry(m: &Delivered) -> (u64, u32, u16, &[u8]) {
+    let flags = if m.redelivered { FLAG_REDELIVERED } else { 0 };
+    (m.tag, m.delivery_count, flags, m.rec.bytes())
 }
 
 fn name_of(cmd: &Command<'_>) -> &'static str {

@@ -107,10 +107,10 @@ impl Shard {
             conn.sending.clear();
             conn.send_offset = 0;
         }
-        if wrote > 0 {
-            metrics::add(&self.metrics.ring_bytes_out, wrote as u64);
-            ring.after_write();
-        }
+        metrics::add(&self.metrics.ring_bytes_out, wrote as u64);
+        // Deliveries may have been written straight into the ring this pass, so always: a shm
+        // client is woken only if it sleeps, an RDMA link posts only what is new.
+        ring.after_write();
         if conn.closing {
             self.maybe_release(slot);
         }

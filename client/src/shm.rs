@@ -324,6 +324,28 @@ impl Ring<'_> {
         n
     }
 
+    /// Producer: lets `f` encode in place into the free span (contiguous, thanks to the double
+    /// mapping), then publishes the bytes it says it wrote. For writers that would otherwise
+    /// build their output in a buffer and copy it here.
+    pub fn write_with(&self, f: impl FnOnce(&mut [u8]) -> usize) -> usize {
+        let free = self.free();
+        if free == 0 {
+            return 0;
+        }
+        let tail = self.tail.load(Ordering::Relaxed);
+        let at = tail as usize & (self.cap - 1);
+        // SAFETY: `[at, at + free)` with `free <= cap` lies inside the double mapping, and the
+        // span is unpublished: the consumer does not read it until the release store below,
+        // and this side is the ring's only producer, so `f` has it to itself.
+        let span = unsafe { std::slice::from_raw_parts_mut(self.data.add(at), free) };
+        let n = f(span);
+        assert!(n <= free, "wrote past the free span");
+        if n > 0 {
+            self.tail.store(tail + n as u64, Ordering::Release);
+        }
+        n
+    }
+
     /// Consumer: bytes written and not yet consumed.
     pub fn readable(&self) -> usize {
         let tail = self.tail.load(Ordering::Acquire);

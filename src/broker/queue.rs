@@ -588,6 +588,11 @@ impl Queue {
         self.retained.len()
     }
 
+    /// The storage level of the queue's store.
+    pub fn durability(&self) -> rdmq_client::Durability {
+        self.store.durability()
+    }
+
     pub fn durable_position(&self) -> u64 {
         self.store.durable_position()
     }

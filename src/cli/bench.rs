@@ -152,6 +152,9 @@ struct Report {
     /// perftest's figures from the same run (`--perftest`), by name.
     #[serde(skip_serializing_if = "Option::is_none")]
     perftest: Option<std::collections::BTreeMap<String, f64>>,
+    /// The spawned server's copies per message (`--spawn` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_copies: Option<ServerCopies>,
     notes: Vec<String>,
 }
 
@@ -263,7 +266,10 @@ pub fn run(mut args: BenchArgs) -> Result<(), String> {
             (b, shootout_raw(&ctx, spawned.as_ref().map(|s| s.dir.clone()))?)
         }
     };
-    drop(spawned);
+    let server_copies = match spawned {
+        Some(s) => Some(ServerCopies::from(&s.stop()?)),
+        None => None,
+    };
     let perftest = match &ctx.args.perftest {
         Some(script) => Some(run_perftest(script, size)?),
         None => None,
@@ -277,6 +283,7 @@ pub fn run(mut args: BenchArgs) -> Result<(), String> {
         broker,
         baseline,
         perftest,
+        server_copies,
         notes,
     };
     print_table(&report);
@@ -337,8 +344,13 @@ impl SpawnedServer {
         if let Some(us) = idle_spin_us {
             cmd.args(["--idle-spin-us", &us.to_string()]);
         }
-        let mut child =
-            cmd.stdout(Stdio::piped()).spawn().map_err(|e| format!("spawn rdmq serve: {e}"))?;
+        // Its stderr goes to a file: the counters it prints when stopped are read back.
+        let log = std::fs::File::create(dir.join("server.log")).map_err(|e| e.to_string())?;
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawn rdmq serve: {e}"))?;
         // One `listening URL` line per listener (tcp first, then shm): take the transport's.
         let mut out = BufReader::new(child.stdout.take().expect("piped"));
         let mut line = String::new();
@@ -351,11 +363,66 @@ impl SpawnedServer {
             }
             if !line.starts_with("listening ") {
                 let _ = child.kill();
-                return Err(format!("spawned server did not start: {line:?}"));
+                let _ = child.wait();
+                let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+                return Err(format!("spawned server did not start: {line:?}\n{log}"));
             }
         }
         let url = line.trim().strip_prefix("listening ").expect("checked").to_string();
         Ok(SpawnedServer { url, child, dir, _stdout: out })
+    }
+}
+
+impl SpawnedServer {
+    /// Stops the server with SIGTERM and returns the counters it prints when it stops.
+    fn stop(mut self) -> Result<std::collections::BTreeMap<String, u64>, String> {
+        let pid = self.child.id().to_string();
+        let _ = Process::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().map_err(|e| e.to_string())?.is_none() {
+            if Instant::now() >= deadline {
+                return Err("spawned server ignored SIGTERM".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+        let line = log.lines().rev().find(|l| l.starts_with("rdmq: stopped;")).unwrap_or("");
+        Ok(line
+            .split_whitespace()
+            .filter_map(|w| w.split_once('='))
+            .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+            .collect())
+    }
+}
+
+/// What the server copied, per message, in one run (from its counters).
+#[derive(Debug, Serialize)]
+struct ServerCopies {
+    /// Bytes copied out of received data into memory the server keeps, per message published.
+    in_per_msg: f64,
+    /// Bytes copied into a journal write ring, per message published.
+    journal_per_msg: f64,
+    /// Record bytes copied into DELIVER frames in an output buffer, per message delivered.
+    deliver_per_msg: f64,
+    /// Output bytes copied into clients' rings (shm, rdma), per message delivered.
+    ring_out_per_msg: f64,
+    published: u64,
+    delivered: u64,
+}
+
+impl ServerCopies {
+    fn from(c: &std::collections::BTreeMap<String, u64>) -> ServerCopies {
+        let get = |k: &str| c.get(k).copied().unwrap_or(0);
+        let (published, delivered) = (get("published"), get("delivered"));
+        let per = |k: &str, n: u64| get(k) as f64 / n.max(1) as f64;
+        ServerCopies {
+            in_per_msg: per("copy_in_bytes", published),
+            journal_per_msg: per("copy_journal_bytes", published),
+            deliver_per_msg: per("copy_deliver_bytes", delivered),
+            ring_out_per_msg: per("ring_bytes_out", delivered),
+            published,
+            delivered,
+        }
     }
 }
 
@@ -1094,6 +1161,13 @@ fn print_table(r: &Report) {
         }
     };
     println!("{:<22}{:>16}{:>16}", "verified", yes(b), yes(raw));
+    if let Some(c) = &r.server_copies {
+        println!(
+            "server copies, bytes per message (payload {} B): received -> kept {:.1}, -> journal \
+             {:.1}, record -> DELIVER frame {:.1}, output -> client ring {:.1}",
+            r.size, c.in_per_msg, c.journal_per_msg, c.deliver_per_msg, c.ring_out_per_msg
+        );
+    }
     print_perftest(r);
     for n in &r.notes {
         println!("note: {n}");
