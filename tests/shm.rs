@@ -15,6 +15,8 @@ use common::*;
 use rdmq_client::error_code as code;
 use rdmq_client::shm::ShmStream;
 use rdmq_client::wire::hello::Hello;
+use rdmq_client::wire::publish::{DestKind, PublishWriter};
+use rdmq_client::wire::record::RecordMeta;
 use rdmq_client::wire::{self, FrameHeader, Opcode, FRAME_HEADER_LEN, PROTOCOL_VERSION};
 
 /// The uid the permission tests run a client as (`nobody` on Debian).
@@ -134,20 +136,44 @@ fn malformed_bytes_in_the_ring_close_only_that_connection() {
     let (c, msg) = fatal_error(&mut s);
     assert_eq!(c, code::FRAME_TOO_LARGE, "{msg}");
 
-    // Seeded random bytes after a good handshake.
+    // Seeded fuzz through the ring: valid PUBLISH frames with random bytes changed, random
+    // bytes, and truncations, after a good HELLO. Each connection either gets ERROR and a close
+    // or keeps going; the server must live through all of it (proven below).
     let mut rng = XorShift(0x5eed_5111);
-    for round in 0..20 {
-        let mut s = raw_shm(&server);
-        let len = 16 + rng.below(4_000);
-        let junk = rng.bytes(len);
-        s.write_some(&junk);
-        // Either an ERROR and a close, or (a prefix that is a valid partial frame) silence;
-        // both are fine as long as the server lives: proven below.
-        let deadline = Instant::now() + Duration::from_millis(200);
-        let mut chunk = vec![0u8; 1 << 16];
-        let _ = s.read_until(&mut chunk, Some(deadline));
-        let _ = round;
+    let mut good = Vec::new();
+    for i in 0..4u64 {
+        let mut w = PublishWriter::begin(&mut good, DestKind::Queue, "shm.fuzz", 10 + i);
+        w.push(&mut good, &RecordMeta::default(), &rng.bytes(40));
+        w.finish(&mut good);
     }
+    let mut closed = 0;
+    for _ in 0..150 {
+        let mut s = raw_shm(&server);
+        let mut m = good.clone();
+        match rng.below(3) {
+            0 => {
+                for _ in 0..1 + rng.below(6) {
+                    let i = rng.below(m.len());
+                    m[i] = rng.next() as u8;
+                }
+            }
+            1 => {
+                let n = 16 + rng.below(2_000);
+                m = rng.bytes(n);
+            }
+            _ => m.truncate(rng.below(m.len())),
+        }
+        s.write_some(&m);
+        let deadline = Instant::now() + Duration::from_millis(100);
+        let mut chunk = vec![0u8; 1 << 16];
+        while let Ok(n) = s.read_until(&mut chunk, Some(deadline)) {
+            if n == 0 {
+                closed += 1;
+                break;
+            }
+        }
+    }
+    assert!(closed > 0, "no mutated stream was refused: the fuzzer is not reaching the decoder");
 
     // Bytes on the socket itself (it carries only the handshake).
     let mut s = raw_shm(&server);

@@ -477,6 +477,34 @@ fn recv_handshake(sock: RawFd) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     Ok((buf, fds))
 }
 
+/// What a server's handshake message says about the region it sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Handshake {
+    ctrl_bytes: usize,
+    cap: usize,
+    huge: bool,
+}
+
+/// Decodes a handshake message that came with `fds` descriptors (a refusal, or anything else
+/// than the expected 32 bytes with three descriptors, is an error saying so). The sizes are
+/// checked when the region is mapped.
+fn parse_handshake(msg: &[u8], fds: usize) -> io::Result<Handshake> {
+    if msg.starts_with(&REFUSED) {
+        let why = String::from_utf8_lossy(&msg[REFUSED.len()..]).into_owned();
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
+    }
+    if msg.len() != HANDSHAKE_LEN || msg[..8] != MAGIC || fds != HANDSHAKE_FDS {
+        let m = if msg.is_empty() {
+            "the server closed the shm socket during the handshake".to_string()
+        } else {
+            format!("bad shm handshake ({} bytes, {fds} descriptors)", msg.len())
+        };
+        return Err(io::Error::new(io::ErrorKind::InvalidData, m));
+    }
+    let word = |at: usize| u64::from_le_bytes(msg[at..at + 8].try_into().expect("8 bytes"));
+    Ok(Handshake { ctrl_bytes: word(8) as usize, cap: word(16) as usize, huge: msg[24] != 0 })
+}
+
 /// The uid of the process at the other end of a Unix socket.
 pub fn peer_uid(sock: BorrowedFd<'_>) -> io::Result<u32> {
     // SAFETY: ucred is plain old data; all-zero is valid.
@@ -579,21 +607,7 @@ impl ShmStream {
             )
         })?;
         let (msg, mut fds) = recv_handshake(sock.as_raw_fd())?;
-        if msg.starts_with(&REFUSED) {
-            let why = String::from_utf8_lossy(&msg[REFUSED.len()..]).into_owned();
-            return Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
-        }
-        if msg.len() != HANDSHAKE_LEN || msg[..8] != MAGIC || fds.len() != HANDSHAKE_FDS {
-            let m = if msg.is_empty() {
-                "the server closed the shm socket during the handshake".to_string()
-            } else {
-                format!("bad shm handshake ({} bytes, {} descriptors)", msg.len(), fds.len())
-            };
-            return Err(io::Error::new(io::ErrorKind::InvalidData, m));
-        }
-        let ctrl_bytes = u64::from_le_bytes(msg[8..16].try_into().expect("8 bytes")) as usize;
-        let cap = u64::from_le_bytes(msg[16..24].try_into().expect("8 bytes")) as usize;
-        let huge = msg[24] != 0;
+        let Handshake { ctrl_bytes, cap, huge } = parse_handshake(&msg, fds.len())?;
         let client_wake = fds.pop().expect("three");
         let server_wake = fds.pop().expect("three");
         let file = fds.pop().expect("three");
@@ -809,6 +823,48 @@ mod tests {
         assert_eq!(tx.write(&big), cap - 60);
         assert_eq!(tx.free(), 0);
         assert_eq!(tx.write(b"x"), 0);
+    }
+
+    /// Seeded fuzz of the handshake decoder: random and mutated messages never panic, and what
+    /// it accepts is exactly a 32-byte message with the magic and three descriptors.
+    #[test]
+    fn handshake_decoder_fuzz() {
+        let mut good = MAGIC.to_vec();
+        good.extend_from_slice(&(PAGE as u64).to_le_bytes());
+        good.extend_from_slice(&(RING_BYTES_MIN as u64).to_le_bytes());
+        good.extend_from_slice(&[0; 8]);
+        let ok = parse_handshake(&good, 3).unwrap();
+        assert_eq!(ok, Handshake { ctrl_bytes: PAGE, cap: RING_BYTES_MIN, huge: false });
+        assert!(parse_handshake(&good, 2).is_err());
+        let refused = [&REFUSED[..], b"uid 7 may not"].concat();
+        let e = parse_handshake(&refused, 0).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        assert!(e.to_string().contains("uid 7"));
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..50_000 {
+            let mut m = good.clone();
+            match next() % 3 {
+                0 => m.truncate((next() % 40) as usize),
+                1 => m = (0..next() % 64).map(|_| next() as u8).collect(),
+                _ => {
+                    for _ in 0..1 + next() % 4 {
+                        let i = (next() % m.len() as u64) as usize;
+                        m[i] = next() as u8;
+                    }
+                }
+            }
+            let fds = (next() % 4) as usize;
+            if let Ok(h) = parse_handshake(&m, fds) {
+                assert!(m.len() == HANDSHAKE_LEN && m[..8] == MAGIC && fds == 3);
+                assert_eq!(h.huge, m[24] != 0);
+            }
+        }
     }
 
     #[test]
