@@ -53,7 +53,11 @@ pub fn devices() -> Result<Vec<String>, String> {
     // we free below; NULL means failure with errno set.
     let list = unsafe { ibv_get_device_list(&mut n) };
     if list.is_null() {
-        return Err(format!("no RDMA devices ({})", io::Error::last_os_error()));
+        return Err(format!(
+            "no RDMA devices (ibv_get_device_list: {}; a kernel without RDMA support, or no \
+             device: SoftRoCE is set up by rxe-setup/host.sh or, without rdma_rxe, rxe-setup/vm.sh)",
+            io::Error::last_os_error()
+        ));
     }
     let mut names = Vec::new();
     for i in 0..n.max(0) as usize {
@@ -65,7 +69,7 @@ pub fn devices() -> Result<Vec<String>, String> {
     // SAFETY: frees the list returned above, once.
     unsafe { ibv_free_device_list(list) };
     if names.is_empty() {
-        return Err("no RDMA devices (the device list is empty)".into());
+        return Err("no RDMA devices (the device list is empty; see rxe-setup/README.md)".into());
     }
     Ok(names)
 }
