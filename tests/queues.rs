@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -183,63 +181,8 @@ fn competing_consumers_exactly_once() {
 /// next consumer flagged redelivered with delivery count 2, and nothing is lost.
 #[test]
 fn killed_cli_consumer_messages_are_redelivered() {
-    const N: usize = 30;
-    const CREDIT: usize = 10;
     let server = Server::start(2);
-    let q = name_on_shard("killed", 0, 2);
-    let conn = server.connect();
-    let mut p = conn.queue_producer(&q);
-    for i in 0..N {
-        p.send(format!("job-{i}").as_bytes()).unwrap();
-    }
-    p.flush().unwrap();
-
-    let mut child = server
-        .cli("consume")
-        .args(["--queue", &q, "--credit", &CREDIT.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut held = BTreeSet::new();
-    while held.len() < CREDIT {
-        match rx.recv_timeout(RECV_TIMEOUT) {
-            Ok(line) => assert!(held.insert(line), "CLI printed a line twice"),
-            Err(e) => {
-                let _ = child.kill();
-                panic!("CLI consumer printed {} of {CREDIT} lines: {e}", held.len());
-            }
-        }
-    }
-    // Credit bounds what it holds: nothing beyond it arrives while it never acks.
-    assert!(rx.recv_timeout(QUIET).is_err(), "consumer exceeded its credit");
-    child.kill().unwrap();
-    child.wait().unwrap();
-
-    let mut c = conn.consume(&q, 100).unwrap();
-    let got = recv_n(&mut c, N);
-    let mut by_payload = BTreeMap::new();
-    for d in &got {
-        assert!(by_payload.insert(text(d), (d.redelivered, d.delivery_count)).is_none());
-        c.ack(d).unwrap();
-    }
-    let expected: BTreeSet<String> = (0..N).map(|i| format!("job-{i}")).collect();
-    assert_eq!(by_payload.keys().cloned().collect::<BTreeSet<_>>(), expected, "messages lost");
-    for (payload, flags) in &by_payload {
-        let want = if held.contains(payload) { (true, 2) } else { (false, 1) };
-        assert_eq!(*flags, want, "{payload}: (redelivered, delivery_count)");
-    }
-    assert!(c.receive(Some(QUIET)).unwrap().is_none(), "more than {N} deliveries");
+    common::transport::killed_consumer_redelivered(&server, &server.url, "tcp");
 }
 
 /// The same through a raw socket that is simply dropped mid-stream after some DELIVER frames.

@@ -155,11 +155,45 @@ struct OpenBatch {
 /// The byte stream a connection speaks the protocol over.
 enum Transport {
     Tcp(TcpStream),
-    /// Shared memory: frames are written into and read from rings mapped in both processes.
-    Shm(Box<ShmStream>),
-    /// RDMA: the same rings, each in its receiver's registered memory, filled by RDMA WRITEs.
-    #[cfg(feature = "rdma")]
-    Rdma(Box<crate::rdma::RdmaStream>),
+    /// Shared memory or RDMA: frames are written into and read from a pair of rings (mapped in
+    /// both processes, or each in its receiver's registered memory, filled by RDMA WRITEs).
+    Ring(Box<dyn RingStream>),
+}
+
+/// What the client needs of a ring transport's blocking end ([`ShmStream`], and
+/// `rdma::RdmaStream`): both mirror each other, so one code path drives them.
+pub(crate) trait RingStream {
+    /// Writes what fits without waiting (0: the ring is full).
+    fn write_some(&mut self, src: &[u8]) -> std::io::Result<usize>;
+    /// Waits for room (`TimedOut` at the deadline).
+    fn wait_writable(&mut self, deadline: Option<Instant>) -> std::io::Result<()>;
+    /// Reads at least one byte (0: the peer is gone), waiting until the deadline.
+    fn read_until(&mut self, dst: &mut [u8], deadline: Option<Instant>) -> std::io::Result<usize>;
+}
+
+impl RingStream for ShmStream {
+    fn write_some(&mut self, src: &[u8]) -> std::io::Result<usize> {
+        Ok(ShmStream::write_some(self, src))
+    }
+    fn wait_writable(&mut self, deadline: Option<Instant>) -> std::io::Result<()> {
+        ShmStream::wait_writable(self, deadline)
+    }
+    fn read_until(&mut self, dst: &mut [u8], d: Option<Instant>) -> std::io::Result<usize> {
+        ShmStream::read_until(self, dst, d)
+    }
+}
+
+#[cfg(feature = "rdma")]
+impl RingStream for crate::rdma::RdmaStream {
+    fn write_some(&mut self, src: &[u8]) -> std::io::Result<usize> {
+        crate::rdma::RdmaStream::write_some(self, src)
+    }
+    fn wait_writable(&mut self, deadline: Option<Instant>) -> std::io::Result<()> {
+        crate::rdma::RdmaStream::wait_writable(self, deadline)
+    }
+    fn read_until(&mut self, dst: &mut [u8], d: Option<Instant>) -> std::io::Result<usize> {
+        crate::rdma::RdmaStream::read_until(self, dst, d)
+    }
 }
 
 /// Ring bytes per direction an RDMA client asks for (the server caps it with
@@ -248,8 +282,8 @@ impl<V: Default> IdMap<V> {
 /// DELIVER frame buffers kept for reuse: enough for a consumer holding a full credit window
 /// spread over many frames, small enough to scan per frame.
 const FRAME_POOL_MAX: usize = 64;
-/// How long a writer facing a full shm ring sleeps before looking at its input again.
-const SHM_WRITE_WAIT: Duration = Duration::from_millis(1);
+/// How long a writer facing a full ring sleeps before looking at its input again.
+const RING_WRITE_WAIT: Duration = Duration::from_millis(1);
 /// Read buffer growth step: one read syscall takes up to this much.
 const READ_CHUNK: usize = 256 << 10;
 
@@ -273,7 +307,7 @@ impl Connection {
                 s.set_busy_poll(opts.busy_poll);
                 let ring = s.ring_bytes();
                 opts.batch_bytes = opts.batch_bytes.min(ring / 4);
-                (Transport::Rdma(Box::new(s)), ring / 2)
+                (Transport::Ring(Box::new(s)), ring / 2)
             }
             #[cfg(not(feature = "rdma"))]
             Endpoint::Rdma(_) => {
@@ -289,7 +323,7 @@ impl Connection {
                 let ring = s.ring_bytes();
                 // Batches close well below the ring so a frame always fits it whole.
                 opts.batch_bytes = opts.batch_bytes.min(ring / 4);
-                (Transport::Shm(Box::new(s)), ring / 2)
+                (Transport::Ring(Box::new(s)), ring / 2)
             }
         };
         let mut inner = Inner {
@@ -528,28 +562,14 @@ impl Inner {
         while at < self.wbuf.len() {
             let written = match &mut self.sock {
                 Transport::Tcp(s) => s.write(&self.wbuf[at..]),
-                Transport::Shm(s) => match s.write_some(&self.wbuf[at..]) {
-                    0 => {
+                Transport::Ring(s) => match s.write_some(&self.wbuf[at..]) {
+                    Ok(0) => {
                         // The server's ring is full: take in what it sent meanwhile (it never
                         // stops reading for that, but our own buffers should not grow), then
                         // sleep until it frees space.
                         self.read_some(Some(Instant::now()))?;
-                        let Transport::Shm(s) = &mut self.sock else { unreachable!() };
-                        let soon = Instant::now() + SHM_WRITE_WAIT;
-                        match s.wait_writable(Some(soon)) {
-                            Ok(()) => continue,
-                            Err(e) if e.kind() == ErrorKind::TimedOut => continue,
-                            Err(_) => return Err(self.fail("server closed the connection")),
-                        }
-                    }
-                    n => Ok(n),
-                },
-                #[cfg(feature = "rdma")]
-                Transport::Rdma(s) => match s.write_some(&self.wbuf[at..]) {
-                    Ok(0) => {
-                        self.read_some(Some(Instant::now()))?;
-                        let Transport::Rdma(s) = &mut self.sock else { unreachable!() };
-                        let soon = Instant::now() + SHM_WRITE_WAIT;
+                        let Transport::Ring(s) = &mut self.sock else { unreachable!() };
+                        let soon = Instant::now() + RING_WRITE_WAIT;
                         match s.wait_writable(Some(soon)) {
                             Ok(()) => continue,
                             Err(e) if e.kind() == ErrorKind::TimedOut => continue,
@@ -617,17 +637,7 @@ impl Inner {
             }
             let sock = match &mut self.sock {
                 Transport::Tcp(s) => s,
-                Transport::Shm(s) => match s.read_until(&mut self.rbuf[len..], deadline) {
-                    Ok(0) => return Err(self.fail("server closed the connection")),
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == ErrorKind::TimedOut => return Ok(false),
-                    Err(e) => {
-                        self.closed = Some(e.to_string());
-                        return Err(Error::Io(e));
-                    }
-                },
-                #[cfg(feature = "rdma")]
-                Transport::Rdma(s) => match s.read_until(&mut self.rbuf[len..], deadline) {
+                Transport::Ring(s) => match s.read_until(&mut self.rbuf[len..], deadline) {
                     Ok(0) => return Err(self.fail("server closed the connection")),
                     Ok(n) => break n,
                     Err(e) if e.kind() == ErrorKind::TimedOut => return Ok(false),

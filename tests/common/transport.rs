@@ -114,7 +114,8 @@ pub fn stall_and_recover(server: &Server, url: &str, ring_bytes: usize, tag: &st
 }
 
 /// A CLI consumer on `url` holding unacknowledged messages is killed with SIGKILL mid-stream:
-/// what it held comes back, flagged redelivered, and nothing is lost.
+/// what it held comes back, flagged redelivered with a delivery count of 2, the rest arrive
+/// for the first time, and nothing is lost or duplicated. Credit bounds what it held.
 pub fn killed_consumer_redelivered(server: &Server, url: &str, tag: &str) {
     const N: usize = 40;
     const CREDIT: usize = 10;
@@ -158,14 +159,17 @@ pub fn killed_consumer_redelivered(server: &Server, url: &str, tag: &str) {
     let got = recv_n(&mut c, N);
     let mut by_payload = BTreeMap::new();
     for d in &got {
-        assert!(by_payload.insert(text(d), d.redelivered).is_none(), "delivered twice");
+        let seen = (d.redelivered, d.delivery_count);
+        assert!(by_payload.insert(text(d), seen).is_none(), "delivered twice");
         c.ack(d).unwrap();
     }
     let expected: BTreeSet<String> = (0..N).map(|i| format!("job-{i}")).collect();
     assert_eq!(by_payload.keys().cloned().collect::<BTreeSet<_>>(), expected, "messages lost");
-    for (payload, redelivered) in &by_payload {
-        assert_eq!(*redelivered, held.contains(payload), "{payload}: redelivered flag");
+    for (payload, seen) in &by_payload {
+        let want = if held.contains(payload) { (true, 2) } else { (false, 1) };
+        assert_eq!(*seen, want, "{payload}: (redelivered, delivery_count)");
     }
+    assert!(c.receive(Some(QUIET)).unwrap().is_none(), "more than {N} deliveries");
 }
 
 /// Topic ping-pong between two connections on `url`: subscriptions and request/response work.
