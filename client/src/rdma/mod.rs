@@ -269,6 +269,12 @@ impl Link {
         self.region.ctrl().s2c_tail.0.load(Ordering::Relaxed) != self.posted
     }
 
+    /// Whether everything staged has been written into the peer's ring: posted, and every
+    /// send request completed (an RC write completes once it has landed at the peer).
+    pub fn all_landed(&self) -> bool {
+        !self.has_pending() && self.sq_free == SEND_WR
+    }
+
     fn wr(&self, kind: u64) -> u64 {
         self.token << 8 | kind
     }
@@ -553,10 +559,10 @@ impl io::Write for RdmaStream {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        // Everything written is posted; wait until the peer has it all (its credit covers it).
-        let tail = self.link.region.ctrl().s2c_tail.0.load(Ordering::Relaxed);
+        // Wait until everything written has landed in the peer's ring (not for its credit,
+        // which comes only per eighth of the ring).
         let deadline = Some(Instant::now() + SETUP_TIMEOUT);
-        self.wait_for(deadline, |s| s.link.region.ctrl().s2c_head.0.load(Ordering::Acquire) >= tail)
+        self.wait_for(deadline, |s| s.link.all_landed())
     }
 }
 
