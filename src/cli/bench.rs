@@ -1109,7 +1109,7 @@ fn print_perftest(r: &Report) {
             r.baseline.rtt_us.map_or(f64::NAN, |x| x.p50 / floor)
         );
     }
-    if let Some(bw) = p.get("ib_write_bw.bw_avg_MBps") {
+    if let (Some(bw), None) = (p.get("ib_write_bw.bw_avg_MBps"), r.broker.rtt_us) {
         println!(
             "  ib_write_bw average {bw:.1} MB/s; broker {:.1} MB/s = {:.2}x, raw rdma {:.1} MB/s = \
              {:.2}x",
