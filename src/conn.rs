@@ -3,6 +3,7 @@
 //!
 //! Owned by the shard that accepted the connection; never touched by another thread.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::os::fd::{OwnedFd, RawFd};
 use std::rc::Rc;
@@ -105,6 +106,7 @@ fn topic_entry(m: &MsgRef) -> (u64, u32, u16, &[u8]) {
 /// the subscriptions).
 fn ring_deliver<T>(
     ring: Option<&RingConn>,
+    pos: &RingPositions,
     out: &[u8],
     sending: &[u8],
     id: u32,
@@ -116,11 +118,18 @@ fn ring_deliver<T>(
         return (0, 0);
     }
     let (mut n, mut bytes) = (0, 0);
-    ring.region().s2c().write_with(|buf| {
+    let tail = pos.tx_tail.get();
+    let wrote = ring.region().s2c().write_with_after(tail, |buf| {
         let (used, w, b) = write_deliver_into(buf, id, items, &entry);
         (n, bytes) = (w, b);
         used
     });
+    match wrote {
+        Some(used) => pos.tx_tail.set(tail + used as u64),
+        // The client's head is impossible: nothing was written; `flush_ring` finds the same
+        // and closes the connection.
+        None => return (0, 0),
+    }
     (n, bytes)
 }
 
@@ -149,6 +158,21 @@ pub enum RingConn {
     Shm(ShmConn),
     #[cfg(feature = "rdma")]
     Rdma(rdmq_client::rdma::Link),
+}
+
+/// The shard's own positions in a ring connection's two rings. The control block of a shm
+/// region is shared with the client, so the shard writes its head and tail there for the
+/// client but never reads them back: a client that scribbles on them cannot move the shard's
+/// view (its own tail and head are read, validated, and a wrong one closes the connection).
+#[derive(Debug, Default)]
+pub struct RingPositions {
+    /// Receive ring: bytes the shard has handled.
+    pub rx_head: Cell<u64>,
+    /// Outgoing ring: bytes the shard has written.
+    pub tx_tail: Cell<u64>,
+    /// The client's tail when the shard last found only part of a frame: until it moves,
+    /// there is nothing new to parse (the shard may sleep).
+    pub rx_stalled_at: Cell<Option<u64>>,
 }
 
 impl RingConn {
@@ -233,6 +257,8 @@ pub struct Conn {
     pub mqtt: Option<Box<crate::gateway::mqtt::session::Session>>,
     /// A shared-memory or RDMA connection (`None`: a socket carries the frames).
     pub ring: Option<Box<RingConn>>,
+    /// The shard's positions in `ring`.
+    pub ring_pos: RingPositions,
     /// Input is not being parsed until outstanding requests drain (a gateway's send window).
     pub paused: bool,
     /// Acknowledgements a gateway holds back while the output is above its high-water mark
@@ -262,6 +288,7 @@ impl Conn {
             stomp: None,
             mqtt: None,
             ring: None,
+            ring_pos: RingPositions::default(),
             paused: false,
             deferred_settles: Vec::new(),
         }
@@ -277,7 +304,8 @@ impl Conn {
         items: &[T],
         entry: impl Fn(&T) -> (u64, u32, u16, &[u8]),
     ) -> (usize, usize) {
-        ring_deliver(self.ring.as_deref(), &self.out, &self.sending, id, items, entry)
+        let pos = &self.ring_pos;
+        ring_deliver(self.ring.as_deref(), pos, &self.out, &self.sending, id, items, entry)
     }
 
     /// Whether `id` is already used by a consumer or subscription of this connection.
@@ -299,14 +327,15 @@ impl Conn {
             return (session.pump(&mut self.subs, &mut self.out, high_water, now_us), 0);
         }
         let (mut written, mut bytes) = (0, 0);
-        let Conn { subs, ring, out, sending, .. } = self;
+        let Conn { subs, ring, ring_pos, out, sending, .. } = self;
         for (&id, sub) in subs.iter_mut() {
             // Straight into the ring while nothing waits ahead, then into `out`.
             while !sub.pending.is_empty() {
                 let front = sub.pending.as_slices().0;
                 let n = front.len().min(TOPIC_DELIVER_BATCH);
+                let front = &front[..n];
                 let (w, b) =
-                    ring_deliver(ring.as_deref(), out, sending, id, &front[..n], topic_entry);
+                    ring_deliver(ring.as_deref(), ring_pos, out, sending, id, front, topic_entry);
                 (written, bytes) = (written + w, bytes + b);
                 sub.pending.drain(..w);
                 if w < n {

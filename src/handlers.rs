@@ -96,7 +96,7 @@ impl Shard {
         }
     }
 
-    fn on_frame(&mut self, slot: u32, generation: u32, h: &FrameHeader, body: &[u8]) {
+    pub(crate) fn on_frame(&mut self, slot: u32, generation: u32, h: &FrameHeader, body: &[u8]) {
         let reply = ReplyTo { shard: self.id, slot, generation, request_id: h.request_id };
         let cmd = match wire::decode(h, body) {
             Ok(cmd) => cmd,
@@ -251,34 +251,45 @@ impl Shard {
     }
 
     fn on_publish(&mut self, reply: ReplyTo, confirm: bool, body: &[u8], p: Publish<'_>) {
-        metrics::add(&self.metrics.published, p.batch.count as u64);
         match p.kind {
             DestKind::Queue => {
                 let batch: Arc<[u8]> = Arc::from(&body[p.batch_offset..]);
                 metrics::add(&self.metrics.copy_in_bytes, batch.len() as u64);
-                let queue: Arc<str> = p.name.into();
-                let owner = self.queue_owner(&queue);
-                self.route(
-                    owner,
-                    Event::Publish {
-                        reply: Some(reply),
-                        confirm,
-                        queue,
-                        batch,
-                        count: p.batch.count,
-                        bound: false,
-                    },
-                );
+                self.publish_batch(reply, confirm, p.kind, p.name, batch, p.batch.count);
             }
             DestKind::Topic => {
+                metrics::add(&self.metrics.published, p.batch.count as u64);
                 let batch = &body[p.batch_offset..];
-                self.publish_topic(reply, confirm, p.name, batch, p.batch.count)
+                self.publish_topic(reply, confirm, p.name, batch, p.batch.count, None)
             }
         }
     }
 
+    /// Publishes a validated batch already in the buffer the destination keeps (no copy).
+    pub(crate) fn publish_batch(
+        &mut self,
+        reply: ReplyTo,
+        confirm: bool,
+        kind: DestKind,
+        name: &str,
+        batch: Arc<[u8]>,
+        count: u32,
+    ) {
+        metrics::add(&self.metrics.published, count as u64);
+        if kind == DestKind::Topic {
+            let bytes = batch.clone();
+            return self.publish_topic(reply, confirm, name, &bytes, count, Some(batch));
+        }
+        let queue: Arc<str> = name.into();
+        let owner = self.queue_owner(&queue);
+        let ev = Event::Publish { reply: Some(reply), confirm, queue, batch, count, bound: false };
+        self.route(owner, ev);
+    }
+
     /// Publishes a validated batch to topic `name`: copies into bound queues, fan-out to every
     /// matching subscription, then the confirm (once every bound queue has confirmed its copy).
+    /// `shared`, if given, is the batch already in a shared buffer, which subscribers then
+    /// share instead of a new copy.
     pub fn publish_topic(
         &mut self,
         reply: ReplyTo,
@@ -286,6 +297,7 @@ impl Shard {
         name: &str,
         batch: &[u8],
         count: u32,
+        shared: Option<Arc<[u8]>>,
     ) {
         if let Err(e) = pattern::validate_topic(name) {
             return self.reply(reply, err(code::INVALID_ARGUMENT, e.0));
@@ -300,8 +312,10 @@ impl Shard {
         self.subscriptions.for_each_match(name, |k| targets.push(k));
         if !targets.is_empty() {
             let topic: Arc<str> = name.into();
-            let shared: Arc<[u8]> = Arc::from(batch);
-            metrics::add(&self.metrics.copy_in_bytes, batch.len() as u64);
+            let shared: Arc<[u8]> = shared.unwrap_or_else(|| {
+                metrics::add(&self.metrics.copy_in_bytes, batch.len() as u64);
+                Arc::from(batch)
+            });
             let spans: Arc<[(u32, u32)]> = BatchView::trusted(batch)
                 .records()
                 .map(|(at, r)| (at as u32, r.bytes.len() as u32))

@@ -158,8 +158,14 @@ fn serve(a: ServeArgs) -> Result<(), String> {
             eprintln!("rdmq: serving the native protocol over RDMA on rdma://{addr}");
             announce(format!("listening rdma://{addr}"));
         }
-        Some(Err(why)) => eprintln!("rdmq: RDMA unavailable, serving TCP and shared memory: {why}"),
+        Some(Err(why)) => {
+            let rest = if server.shm_path.is_some() { "TCP and shared memory" } else { "TCP" };
+            eprintln!("rdmq: RDMA unavailable, serving {rest}: {why}");
+        }
         None => {}
+    }
+    if let Some(why) = &server.shm_note {
+        eprintln!("rdmq: shared memory unavailable: {why}");
     }
     if let Some(path) = &server.shm_path {
         eprintln!(

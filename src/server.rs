@@ -26,6 +26,8 @@ pub struct Server {
     pub shm_path: Option<std::path::PathBuf>,
     /// The RDMA listener's address, when it is up; else why not (`None`: turned off).
     pub rdma: Option<Result<SocketAddr, String>>,
+    /// Why the default shared-memory socket could not be made, if it could not.
+    pub shm_note: Option<String>,
     /// Held for the server's life: the data directory's exclusive lock.
     _lock: std::fs::File,
     pub metrics: Arc<Metrics>,
@@ -75,11 +77,19 @@ impl Server {
             }
             None => ((0..n).map(|_| None).collect::<Vec<_>>(), None),
         };
+        let mut shm_note = None;
         let (mut shm_listeners, shm_path) = match &cfg.shm_path {
-            Some(p) => {
-                let (l, path) = bind_shm(p, cfg.shm_socket_mode, n)?;
-                (l.into_iter().map(Some).collect(), Some(path))
-            }
+            Some(p) => match bind_shm(p, cfg.shm_socket_mode, n) {
+                Ok((l, path)) => (l.into_iter().map(Some).collect(), Some(path)),
+                // The default socket is a convenience: if it cannot be made (a data directory
+                // path too long for a Unix socket, a file system without sockets), say so and
+                // serve the rest. A socket asked for by name must work.
+                Err(e) if cfg.shm_listen.trim().is_empty() => {
+                    shm_note = Some(format!("{e} (set shm_listen to another path, or \"off\")"));
+                    ((0..n).map(|_| None).collect::<Vec<_>>(), None)
+                }
+                Err(e) => return Err(format!("{e} (--shm-listen off disables shared memory)")),
+            },
             None => ((0..n).map(|_| None).collect::<Vec<_>>(), None),
         };
         let ctls: Vec<ShardCtl> = (0..n)
@@ -156,7 +166,17 @@ impl Server {
         let rdma = cfg.rdma_addr.map(|_| {
             rdma_rx.recv().unwrap_or_else(|_| Err("shard 0 stopped before starting RDMA".into()))
         });
-        Ok(Server { addr, stomp_addr, mqtt_addr, shm_path, rdma, _lock: lock, metrics, threads })
+        Ok(Server {
+            addr,
+            stomp_addr,
+            mqtt_addr,
+            shm_path,
+            rdma,
+            shm_note,
+            _lock: lock,
+            metrics,
+            threads,
+        })
     }
 
     /// Waits for every shard to stop (after SIGINT/SIGTERM). Returns the first shard error.
@@ -207,7 +227,13 @@ fn bind_shm(
 ) -> Result<(Vec<OwnedFd>, std::path::PathBuf), String> {
     use std::os::unix::fs::PermissionsExt;
     let shown = path.display();
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(format!(
+                "cannot listen on shm socket {shown}: a file that is not a socket is there"
+            ));
+        }
         if shm_socket_in_use(path) {
             return Err(format!(
                 "cannot listen on shm socket {shown}: another server answers there"

@@ -105,6 +105,8 @@ pub struct Shard {
     shm_listener: Option<OwnedFd>,
     /// Slots of this shard's shared-memory and RDMA connections, polled every pass.
     pub(crate) ring_slots: Vec<u32>,
+    /// Where a frame other than PUBLISH is copied out of a ring before it is decoded.
+    pub(crate) ring_scratch: Vec<u8>,
     /// The MQTT gateway's client ids, sessions and retained messages (home shard only).
     pub mqtt_registry: crate::gateway::mqtt::registry::Registry,
     ctls: Arc<Vec<ShardCtl>>,
@@ -187,6 +189,7 @@ impl Shard {
             mqtt_listener: init.mqtt_listener,
             shm_listener: init.shm_listener,
             ring_slots: Vec::new(),
+            ring_scratch: Vec::new(),
             mqtt_registry: Default::default(),
             ctls: init.ctls,
             inbox: init.inbox,

@@ -19,10 +19,16 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
-use rdmq_client::shm::{self, Region};
-use rdmq_client::wire::FRAME_HEADER_LEN;
+use rdmq_client::error_code as code;
+use rdmq_client::shm::{self, Region, Ring};
+use rdmq_client::wire::frame::FLAG_NO_CONFIRM;
+use rdmq_client::wire::publish::{Publish, PREFIX_MAX};
+use rdmq_client::wire::record::BatchView;
+use rdmq_client::wire::{DecodeError, FrameHeader, Opcode, Reader, FRAME_HEADER_LEN};
 
 use crate::conn::{RingConn, ShmConn};
+use crate::event::ReplyTo;
+use crate::handlers::fatal;
 use crate::metrics;
 use crate::shard::Shard;
 
@@ -57,29 +63,145 @@ impl Shard {
             i += 1;
             let Some(conn) = self.conns[slot as usize].as_ref() else { continue };
             let region = conn.ring.as_ref().expect("ring slot").region().clone();
-            if !conn.sending.is_empty() && region.s2c().free() > 0 {
+            if !conn.sending.is_empty() || !conn.out.is_empty() {
                 self.dirty_conns.push(slot);
             }
-            if conn.closing {
+            // A client that sends requests and never reads the answers stalls here, not in the
+            // shard's memory: its input waits in its ring until the output drains.
+            let backlog = conn.out.len() + conn.sending.len();
+            if conn.closing || backlog >= self.cfg.conn_output_high_water {
                 continue;
+            }
+            let head = conn.ring_pos.rx_head.get();
+            let rx = region.c2s();
+            if conn.ring_pos.rx_stalled_at.get() == Some(rx.tail()) {
+                continue; // still the same partial frame
             }
             let generation = conn.generation;
-            let mut rx = region.c2s();
-            let data = rx.peek();
-            if data.is_empty() {
-                continue;
+            match self.ring_input(slot, generation, &region, head) {
+                Ok(0) => {}
+                Ok(_) => work += 1,
+                Err(why) => {
+                    fatal(self, slot, code::PROTOCOL_ERROR, &why);
+                    continue;
+                }
             }
-            work += 1;
-            // A frame is parsed in place, so it must fit the ring whole.
-            let body_max = self.cfg.frame_body_max.min(region.ring_bytes() - FRAME_HEADER_LEN);
-            let consumed = self.on_native_input(slot, generation, data, body_max);
-            // A closing connection's unread input is dropped, as a socket's would be.
-            rx.consume(consumed.unwrap_or(data.len()));
-            if let Some(ring) = self.conns[slot as usize].as_mut().and_then(|c| c.ring.as_mut()) {
-                ring.after_consume();
+            if let Some(conn) = self.conns[slot as usize].as_mut() {
+                if let Some(ring) = conn.ring.as_mut() {
+                    ring.after_consume();
+                }
             }
         }
         work
+    }
+
+    /// Handles the whole frames in one connection's receive ring from `head`, each copied out
+    /// of the shared memory before it is decoded (a PUBLISH batch straight into the buffer the
+    /// queue keeps, everything else into a scratch buffer), so a peer that rewrites bytes it
+    /// already sent cannot change what was validated. Returns the bytes consumed, or why the
+    /// connection must close.
+    fn ring_input(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        region: &Rc<Region>,
+        mut head: u64,
+    ) -> Result<usize, String> {
+        let rx = region.c2s();
+        let start = head;
+        let tail = rx.tail();
+        let Some(avail) = rx.readable_after(head) else {
+            return Err(format!("ring positions corrupted (tail {tail}, head {head})"));
+        };
+        let end = head + avail as u64;
+        // A frame is read whole from the ring, so it must fit it.
+        let body_max = self.cfg.frame_body_max.min(region.ring_bytes() - FRAME_HEADER_LEN);
+        let mut scratch = std::mem::take(&mut self.ring_scratch);
+        let mut result = Ok(());
+        while end - head >= FRAME_HEADER_LEN as u64 {
+            let mut hb = [0u8; FRAME_HEADER_LEN];
+            rx.copy_out(head, &mut hb);
+            let h = match FrameHeader::decode(&hb, body_max) {
+                Ok(h) => h,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            let frame_len = (FRAME_HEADER_LEN + h.length as usize) as u64;
+            if end - head < frame_len {
+                break;
+            }
+            let body_at = head + FRAME_HEADER_LEN as u64;
+            if h.opcode == Opcode::Publish as u8 {
+                self.on_ring_publish(slot, generation, &h, &rx, body_at);
+            } else {
+                scratch.clear();
+                scratch.resize(h.length as usize, 0);
+                rx.copy_out(body_at, &mut scratch);
+                self.on_frame(slot, generation, &h, &scratch);
+            }
+            head += frame_len;
+            if self.conns[slot as usize].as_ref().is_none_or(|c| c.closing) {
+                break;
+            }
+        }
+        self.ring_scratch = scratch;
+        if let Err(e) = result {
+            let c = match e {
+                DecodeError::Invalid { offset: 0, .. } => code::FRAME_TOO_LARGE,
+                _ => code::PROTOCOL_ERROR,
+            };
+            fatal(self, slot, c, &format!("bad frame header: {e}"));
+        }
+        let Some(conn) = self.conns[slot as usize].as_mut() else { return Ok(0) };
+        conn.ring_pos.rx_head.set(head);
+        // Nothing whole to handle: note the tail, so the shard does not spin on a partial frame.
+        conn.ring_pos.rx_stalled_at.set((head == start).then_some(tail));
+        rx.set_head(head);
+        Ok((head - start) as usize)
+    }
+
+    /// A PUBLISH frame in a receive ring: its prefix (kind, name) is copied into a small
+    /// buffer, its batch straight into the shared buffer the queue will keep (the one copy of
+    /// the payload on the way in), and both are validated there.
+    fn on_ring_publish(
+        &mut self,
+        slot: u32,
+        generation: u32,
+        h: &FrameHeader,
+        rx: &Ring<'_>,
+        body_at: u64,
+    ) {
+        let len = h.length as usize;
+        let mut prefix = [0u8; PREFIX_MAX];
+        let n = len.min(PREFIX_MAX);
+        rx.copy_out(body_at, &mut prefix[..n]);
+        let mut r = Reader::new(&prefix[..n]);
+        let malformed =
+            |e: DecodeError| format!("malformed frame (opcode 0x{:02x}): {e}", h.opcode);
+        let (kind, name) = match Publish::decode_prefix(&mut r) {
+            Ok(p) => p,
+            Err(e) => return fatal(self, slot, code::PROTOCOL_ERROR, &malformed(e)),
+        };
+        let batch_offset = r.position();
+        if !self.conns[slot as usize].as_ref().is_some_and(|c| c.handshaken) {
+            let msg = "expected HELLO as the first frame, got PUBLISH";
+            return fatal(self, slot, code::PROTOCOL_ERROR, msg);
+        }
+        let batch = rx.arc_out(body_at + batch_offset as u64, len - batch_offset);
+        metrics::add(&self.metrics.copy_in_bytes, batch.len() as u64);
+        let count = match BatchView::decode(&batch) {
+            Ok(view) => view.count,
+            Err(e) => {
+                let msg = malformed(e.shifted(batch_offset));
+                return fatal(self, slot, code::PROTOCOL_ERROR, &msg);
+            }
+        };
+        let reply = ReplyTo { shard: self.id, slot, generation, request_id: h.request_id };
+        let confirm = h.flags & FLAG_NO_CONFIRM == 0;
+        let name = name.to_string();
+        self.publish_batch(reply, confirm, kind, &name, batch, count);
     }
 
     /// Copies a ring connection's output into its outgoing ring, as far as the ring has room;
@@ -90,6 +212,7 @@ impl Shard {
         let region = ring.region().clone();
         let tx = region.s2c();
         let mut wrote = 0;
+        let mut corrupt = false;
         loop {
             if conn.sending.is_empty() {
                 if conn.out.is_empty() {
@@ -98,7 +221,12 @@ impl Shard {
                 std::mem::swap(&mut conn.sending, &mut conn.out);
                 conn.send_offset = 0;
             }
-            let n = tx.write(&conn.sending[conn.send_offset..]);
+            let tail = conn.ring_pos.tx_tail.get();
+            let Some(n) = tx.write_after(tail, &conn.sending[conn.send_offset..]) else {
+                corrupt = true;
+                break;
+            };
+            conn.ring_pos.tx_tail.set(tail + n as u64);
             wrote += n;
             conn.send_offset += n;
             if conn.send_offset < conn.sending.len() {
@@ -111,7 +239,15 @@ impl Shard {
         // Deliveries may have been written straight into the ring this pass, so always: a shm
         // client is woken only if it sleeps, an RDMA link posts only what is new.
         ring.after_write();
-        if conn.closing {
+        if corrupt && !conn.closing {
+            // The client moved its head where it cannot be: nothing more can be written to it.
+            conn.out.clear();
+            conn.sending.clear();
+            conn.send_offset = 0;
+            eprintln!("rdmq: ring connection {slot}: client's ring head corrupted; closing");
+            self.close_conn(slot);
+        }
+        if self.conns[slot as usize].as_ref().is_some_and(|c| c.closing) {
             self.maybe_release(slot);
         }
     }
@@ -132,11 +268,19 @@ impl Shard {
     /// Whether any ring connection has input, or held-back output and room for it (checked
     /// after `set_ring_waiting(true)` and a fence, so nothing written before is missed).
     pub fn rings_pending(&mut self) -> bool {
+        let high_water = self.cfg.conn_output_high_water;
         let rings = self.ring_slots.iter().any(|&slot| {
             let Some(conn) = self.conns[slot as usize].as_ref() else { return false };
             let region = conn.ring.as_ref().expect("ring slot").region();
-            (!conn.closing && region.c2s().readable() > 0)
-                || (!conn.sending.is_empty() && region.s2c().free() > 0)
+            let (rx, pos) = (region.c2s(), &conn.ring_pos);
+            let backlog = conn.out.len() + conn.sending.len();
+            let input = !conn.closing
+                && backlog < high_water
+                && pos.rx_stalled_at.get() != Some(rx.tail())
+                && rx.readable_after(pos.rx_head.get()) != Some(0);
+            // Room for held-back output (or an impossible head, which the flush reports).
+            let room = region.s2c().free_after(pos.tx_tail.get()) != Some(0);
+            input || (!conn.sending.is_empty() && room)
         });
         rings || self.rdma_before_sleep()
     }

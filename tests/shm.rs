@@ -175,6 +175,14 @@ fn malformed_bytes_in_the_ring_close_only_that_connection() {
     }
     assert!(closed > 0, "no mutated stream was refused: the fuzzer is not reaching the decoder");
 
+    // Impossible ring positions: a tail far past the head.
+    let mut s = raw_shm(&server);
+    s.region().ctrl().c2s_tail.0.store(u64::MAX / 2, std::sync::atomic::Ordering::Release);
+    s.write_some(b"x"); // wakes the shard if it sleeps
+    let (c, msg) = fatal_error(&mut s);
+    assert_eq!(c, code::PROTOCOL_ERROR, "{msg}");
+    assert!(msg.contains("ring positions"), "{msg}");
+
     // Bytes on the socket itself (it carries only the handshake).
     let mut s = raw_shm(&server);
     use std::io::Write as _;

@@ -228,6 +228,8 @@ struct Inner {
     welcome_shard: (u16, u16),
     /// Largest frame body accepted from the server (from its WELCOME).
     frame_body_max: usize,
+    /// Largest frame body the server accepts (its WELCOME's `frame_body_max`).
+    server_frame_max: usize,
     /// DELIVER frame buffers, reused once the application dropped their deliveries.
     frame_pool: Vec<Rc<Vec<u8>>>,
     /// The socket's current read timeout, to skip redundant setsockopt calls.
@@ -282,6 +284,9 @@ impl<V: Default> IdMap<V> {
 /// DELIVER frame buffers kept for reuse: enough for a consumer holding a full credit window
 /// spread over many frames, small enough to scan per frame.
 const FRAME_POOL_MAX: usize = 64;
+/// Bytes a PUBLISH frame adds around one message at most: frame header, destination name,
+/// batch header, record header. Messages are checked against the frame limit less this.
+const FRAME_OVERHEAD_MAX: usize = 1024;
 /// How long a writer facing a full ring sleeps before looking at its input again.
 const RING_WRITE_WAIT: Duration = Duration::from_millis(1);
 /// Read buffer growth step: one read syscall takes up to this much.
@@ -318,7 +323,13 @@ impl Connection {
                 ))
             }
             Endpoint::Shm(path) => {
-                let mut s = ShmStream::connect(std::path::Path::new(&path))?;
+                let mut s = ShmStream::connect(std::path::Path::new(&path)).map_err(|e| {
+                    if e.kind() == ErrorKind::PermissionDenied && e.to_string().starts_with("uid") {
+                        Error::Closed(format!("refused by the server: {e}"))
+                    } else {
+                        Error::Io(e)
+                    }
+                })?;
                 s.set_busy_poll(opts.busy_poll);
                 let ring = s.ring_bytes();
                 // Batches close well below the ring so a frame always fits it whole.
@@ -347,6 +358,7 @@ impl Connection {
             awaiting: 0,
             read_timeout: None,
             frame_body_max: FRAME_BODY_MAX,
+            server_frame_max: FRAME_BODY_MAX,
             frame_pool: Vec::new(),
         };
         let req = inner.request_id();
@@ -699,6 +711,7 @@ impl Inner {
                     self.welcome_shard = (w.shard, w.shard_count);
                     // Accept frames as large as the server may send, never less than the default.
                     self.frame_body_max = (w.frame_body_max as usize).max(FRAME_BODY_MAX);
+                    self.server_frame_max = w.frame_body_max as usize;
                     self.replies.insert(h.request_id, Reply::Ok);
                     None
                 }
@@ -892,11 +905,18 @@ impl Producer {
             + meta.correlation_id.len()
             + meta.reply_to.len()
             + meta.headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>();
-        if size > inner.record_max {
+        // Over TCP the bound is the server's frame limit (from WELCOME), less room for the
+        // frame's own fields; over shm and RDMA, half the ring.
+        let max = inner.record_max.min(inner.server_frame_max.saturating_sub(FRAME_OVERHEAD_MAX));
+        if size > max {
+            let what = if inner.record_max < usize::MAX {
+                "half the ring"
+            } else {
+                "the server's frame limit"
+            };
             return Err(Error::InvalidArgument(format!(
-                "a message of {size} bytes does not fit this transport (at most {} bytes: half \
-                 the shm ring)",
-                inner.record_max
+                "a message of {size} bytes does not fit this connection (at most {max} bytes: \
+                 {what})"
             )));
         }
         let same = inner.open.as_ref().is_some_and(|o| {

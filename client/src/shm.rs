@@ -128,7 +128,8 @@ impl Region {
 
     fn create_in(cap: usize, huge: bool) -> io::Result<Region> {
         let ctrl_bytes = if huge { HUGE_PAGE } else { PAGE };
-        let flags = libc::MFD_CLOEXEC | if huge { libc::MFD_HUGETLB } else { 0 };
+        let flags =
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING | if huge { libc::MFD_HUGETLB } else { 0 };
         // SAFETY: memfd_create with a NUL-terminated constant name; the result is checked.
         let fd = cvt(unsafe { libc::memfd_create(c"rdmq-shm".as_ptr(), flags) })?;
         // SAFETY: `fd` was just created and is owned by nobody else.
@@ -136,6 +137,11 @@ impl Region {
         let len = (ctrl_bytes + 2 * cap) as libc::off_t;
         // SAFETY: ftruncate on a descriptor we own.
         cvt(unsafe { libc::ftruncate(file.as_raw_fd(), len) })?;
+        // Sealed at this size before any peer gets it: a peer that could shrink the file would
+        // make this process's next access to the mapping a SIGBUS.
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: fcntl on a memfd we own, created with MFD_ALLOW_SEALING.
+        cvt(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) })?;
         let region = Self::map(file, ctrl_bytes, cap, huge)?;
         // Touch every page now: a huge-page region without backing pages fails here (SIGBUS
         // later would kill the server), and no first message pays for page faults.
@@ -344,6 +350,93 @@ impl Ring<'_> {
             self.tail.store(tail + n as u64, Ordering::Release);
         }
         n
+    }
+
+    /// Consumer keeping its own head (a side that does not trust the shared copy): the bytes
+    /// readable past `head`, or `None` if the producer's tail is impossible (behind `head`, or
+    /// more than a ring ahead). The tail is read once; a caller reads only that span.
+    pub fn readable_after(&self, head: u64) -> Option<usize> {
+        let tail = self.tail.load(Ordering::Acquire);
+        let n = tail.wrapping_sub(head);
+        (n <= self.cap as u64).then_some(n as usize)
+    }
+
+    /// The producer's tail as last published (for telling new input from old).
+    pub fn tail(&self) -> u64 {
+        self.tail.load(Ordering::Acquire)
+    }
+
+    /// Consumer: copies `dst.len()` (at most a ring) bytes from position `pos` into private
+    /// memory. The bytes may be changed by the producer meanwhile if it breaks the protocol;
+    /// the copy is then garbage, which the caller validates as such: no reference into shared
+    /// memory ever leaves this module on that side.
+    pub fn copy_out(&self, pos: u64, dst: &mut [u8]) {
+        assert!(dst.len() <= self.cap, "copy of more than a ring");
+        let at = pos as usize & (self.cap - 1);
+        // SAFETY: `[at, at + len)` with `len <= cap` lies inside the double mapping, which lives
+        // as long as `self`'s region; `dst` is private memory that cannot overlap it.
+        unsafe { std::ptr::copy_nonoverlapping(self.data.add(at), dst.as_mut_ptr(), dst.len()) };
+    }
+
+    /// Consumer: `len` bytes from `pos` copied straight into a new shared buffer (one copy).
+    pub fn arc_out(&self, pos: u64, len: usize) -> std::sync::Arc<[u8]> {
+        let mut arc = std::sync::Arc::<[u8]>::new_uninit_slice(len);
+        let dst = std::sync::Arc::get_mut(&mut arc).expect("just made");
+        assert!(len <= self.cap, "copy of more than a ring");
+        let at = pos as usize & (self.cap - 1);
+        // SAFETY: the source span lies inside the double mapping (`len <= cap`); the
+        // destination is the new allocation's `len` bytes, which nothing else references.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.data.add(at), dst.as_mut_ptr().cast::<u8>(), len);
+        }
+        // SAFETY: every one of the `len` bytes was initialised by the copy above.
+        unsafe { arc.assume_init() }
+    }
+
+    /// Consumer keeping its own head: publishes it, giving the space before it back.
+    pub fn set_head(&self, head: u64) {
+        self.head.store(head, Ordering::Release);
+    }
+
+    /// Producer keeping its own tail: copies what fits after `tail` and publishes it; returns
+    /// the bytes written, or `None` if the consumer's head is impossible (ahead of `tail`, or
+    /// more than a ring behind).
+    pub fn write_after(&self, tail: u64, src: &[u8]) -> Option<usize> {
+        self.write_with_after(tail, |span| {
+            let n = span.len().min(src.len());
+            span[..n].copy_from_slice(&src[..n]);
+            n
+        })
+    }
+
+    /// Producer keeping its own tail: the free space, or `None` if the consumer's head is
+    /// impossible.
+    pub fn free_after(&self, tail: u64) -> Option<usize> {
+        let used = tail.wrapping_sub(self.head.load(Ordering::Acquire));
+        (used <= self.cap as u64).then(|| self.cap - used as usize)
+    }
+
+    /// As [`Ring::write_after`], letting `f` encode in place into the free span (contiguous,
+    /// thanks to the double mapping) and report how much it wrote.
+    pub fn write_with_after(&self, tail: u64, f: impl FnOnce(&mut [u8]) -> usize) -> Option<usize> {
+        let head = self.head.load(Ordering::Acquire);
+        let used = tail.wrapping_sub(head);
+        if used > self.cap as u64 {
+            return None;
+        }
+        let free = self.cap - used as usize;
+        if free == 0 {
+            return Some(0);
+        }
+        let at = tail as usize & (self.cap - 1);
+        // SAFETY: `[at, at + free)` lies inside the double mapping; those bytes are past the
+        // published tail, which only this side moves, so the consumer does not read them yet.
+        // A peer that writes there anyway breaks the protocol and only garbles its own input.
+        let span = unsafe { std::slice::from_raw_parts_mut(self.data.add(at), free) };
+        let n = f(span);
+        assert!(n <= free, "wrote past the free span");
+        self.tail.store(tail + n as u64, Ordering::Release);
+        Some(n)
     }
 
     /// Consumer: bytes written and not yet consumed.
@@ -769,6 +862,12 @@ impl ShmStream {
         Ok(())
     }
 
+    /// The mapped region (tests use it to break the protocol on purpose).
+    #[doc(hidden)]
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+
     /// The socket, for callers that want to poll it themselves.
     pub fn socket(&self) -> &UnixStream {
         &self.sock
@@ -865,6 +964,40 @@ mod tests {
                 assert_eq!(h.huge, m[24] != 0);
             }
         }
+    }
+
+    #[test]
+    fn the_region_file_is_sealed_against_resizing() {
+        let region = Region::create(RING_BYTES_MIN, false).unwrap();
+        let fd = region.file.as_raw_fd();
+        // SAFETY: ftruncate on the region's own descriptor; it must fail (sealed).
+        let rc = unsafe { libc::ftruncate(fd, 0) };
+        assert_eq!(rc, -1, "a sealed memfd cannot shrink");
+        assert_eq!(io::Error::last_os_error().raw_os_error(), Some(libc::EPERM));
+        // SAFETY: as above, growing.
+        let rc = unsafe { libc::ftruncate(fd, 1 << 30) };
+        assert_eq!(rc, -1, "a sealed memfd cannot grow");
+    }
+
+    #[test]
+    fn own_positions_refuse_impossible_peer_positions() {
+        let region = Region::create(RING_BYTES_MIN, false).unwrap();
+        let ring = region.c2s();
+        let cap = region.ring_bytes() as u64;
+        assert_eq!(ring.readable_after(0), Some(0));
+        region.ctrl().c2s_tail.0.store(cap + 1, Ordering::Release);
+        assert_eq!(ring.readable_after(0), None, "a tail more than a ring ahead");
+        region.ctrl().c2s_tail.0.store(5, Ordering::Release);
+        assert_eq!(ring.readable_after(10), None, "a tail behind the head");
+        let tx = region.s2c();
+        region.ctrl().s2c_head.0.store(100, Ordering::Release);
+        assert_eq!(tx.write_after(50, b"x"), None, "a head ahead of the tail");
+        region.ctrl().s2c_head.0.store(0, Ordering::Release);
+        assert_eq!(tx.write_after(0, b"abc"), Some(3));
+        let mut out = [0u8; 3];
+        tx.copy_out(0, &mut out);
+        assert_eq!(&out, b"abc");
+        assert_eq!(&*tx.arc_out(1, 2), b"bc");
     }
 
     #[test]

@@ -1167,8 +1167,9 @@ fn print_table(r: &Report) {
     println!("{:<22}{:>16}{:>16}", "verified", yes(b), yes(raw));
     if let Some(c) = &r.server_copies {
         println!(
-            "server copies, bytes per message (payload {} B): received -> kept {:.1}, -> journal \
-             {:.1}, record -> DELIVER frame {:.1}, output -> client ring {:.1}",
+            "server copies, bytes per message (payload {} B): received -> kept {:.1}, kept -> \
+             journal {:.1}, record -> DELIVER frame (output buffer or client ring) {:.1}, output \
+             buffer -> client ring {:.1}",
             r.size, c.in_per_msg, c.journal_per_msg, c.deliver_per_msg, c.ring_out_per_msg
         );
     }

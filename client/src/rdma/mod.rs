@@ -106,8 +106,11 @@ pub fn rejection(why: &str) -> Vec<u8> {
     p
 }
 
+/// The reason in a rejection's private data (the transport pads it with NUL bytes).
 fn rejection_reason(p: &[u8]) -> Option<String> {
-    p.starts_with(&REJECTED).then(|| String::from_utf8_lossy(&p[REJECTED.len()..]).into_owned())
+    let why = p.strip_prefix(&REJECTED)?;
+    let end = why.iter().position(|&b| b == 0).unwrap_or(why.len());
+    Some(String::from_utf8_lossy(&why[..end]).into_owned())
 }
 
 /// A 64-bit position from its low 32 bits, given a recent position no more than 2^31 behind.
@@ -593,6 +596,9 @@ mod tests {
         bad[4..8].copy_from_slice(&3u32.to_le_bytes());
         assert!(Endpoint::decode(&bad).is_err());
         assert_eq!(rejection_reason(&rejection("no room")).as_deref(), Some("no room"));
+        let mut padded = rejection("too many");
+        padded.resize(56, 0);
+        assert_eq!(rejection_reason(&padded).as_deref(), Some("too many"));
         assert!(rejection("x".repeat(100).as_str()).len() <= 56);
     }
 

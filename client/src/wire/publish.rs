@@ -31,8 +31,20 @@ pub struct Publish<'a> {
     pub batch_offset: usize,
 }
 
+/// Bytes of a PUBLISH body before its batch, at most: kind, reserved, and a name (a `str16`
+/// of up to 255 bytes). A receiver that copies the batch out separately reads this much first.
+pub const PREFIX_MAX: usize = 4 + super::NAME_LEN_MAX;
+
 impl<'a> Publish<'a> {
     pub fn decode(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        let (kind, name) = Self::decode_prefix(r)?;
+        let batch_offset = r.position();
+        let batch = BatchView::decode(r.rest()).map_err(|e| e.shifted(batch_offset))?;
+        Ok(Publish { kind, name, batch, batch_offset })
+    }
+
+    /// The part before the batch: destination kind and name. The reader is left at the batch.
+    pub fn decode_prefix(r: &mut Reader<'a>) -> Result<(DestKind, &'a str), DecodeError> {
         let kind = match r.u8()? {
             0 => DestKind::Queue,
             1 => DestKind::Topic,
@@ -41,10 +53,7 @@ impl<'a> Publish<'a> {
         if r.u8()? != 0 {
             return Err(DecodeError::Invalid { offset: 1, what: "reserved" });
         }
-        let name = r.name()?;
-        let batch_offset = r.position();
-        let batch = BatchView::decode(r.rest()).map_err(|e| e.shifted(batch_offset))?;
-        Ok(Publish { kind, name, batch, batch_offset })
+        Ok((kind, r.name()?))
     }
 }
 

@@ -548,7 +548,7 @@ impl Shard {
         match (p.qos, p.packet_id) {
             (Qos::AtMostOnce, _) | (_, None) => {
                 let reply = self.mqtt_reply_to(slot, 0);
-                self.publish_topic(reply, false, &native, &batch, 1);
+                self.publish_topic(reply, false, &native, &batch, 1, None);
             }
             (Qos::AtLeastOnce, Some(id)) => {
                 let request = session.requests.issue(Pending::Published);
@@ -557,7 +557,7 @@ impl Shard {
                     .encode(v, &mut ack);
                 session.requests.after_pending(ack);
                 let reply = self.mqtt_reply_to(slot, request);
-                self.publish_topic(reply, true, &native, &batch, 1);
+                self.publish_topic(reply, true, &native, &batch, 1, None);
             }
             (Qos::ExactlyOnce, Some(id)) => {
                 let first = session.incoming_qos2.insert(id);
@@ -568,7 +568,7 @@ impl Shard {
                 session.requests.after_pending(rec);
                 if let Some(request) = request {
                     let reply = self.mqtt_reply_to(slot, request);
-                    self.publish_topic(reply, true, &native, &batch, 1);
+                    self.publish_topic(reply, true, &native, &batch, 1, None);
                 }
                 self.mqtt_flush(slot);
             }
@@ -914,7 +914,7 @@ impl Shard {
 
     fn mqtt_publish_will(&mut self, will: WillMsg) {
         let reply = nobody(self.id);
-        self.publish_topic(reply, false, &will.topic, &will.batch, 1);
+        self.publish_topic(reply, false, &will.topic, &will.batch, 1, None);
         if will.retain {
             let empty =
                 BatchView::trusted(&will.batch).records().all(|(_, r)| r.payload().is_empty());

@@ -258,7 +258,7 @@ impl Shard {
                 };
                 self.route(owner, ev);
             }
-            Destination::Topic(name) => self.publish_topic(reply, true, &name, &batch, 1),
+            Destination::Topic(name) => self.publish_topic(reply, true, &name, &batch, 1, None),
         }
         Ok(())
     }
