@@ -27,6 +27,8 @@ pub mod wire;
 
 mod client;
 mod error;
+#[cfg(test)]
+mod mutate;
 mod url;
 
 pub use client::{

@@ -939,26 +939,10 @@ mod tests {
         let e = parse_handshake(&refused, 0).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
         assert!(e.to_string().contains("uid 7"));
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = crate::mutate::Rng(0x2545_f491_4f6c_dd1d);
         for _ in 0..50_000 {
-            let mut m = good.clone();
-            match next() % 3 {
-                0 => m.truncate((next() % 40) as usize),
-                1 => m = (0..next() % 64).map(|_| next() as u8).collect(),
-                _ => {
-                    for _ in 0..1 + next() % 4 {
-                        let i = (next() % m.len() as u64) as usize;
-                        m[i] = next() as u8;
-                    }
-                }
-            }
-            let fds = (next() % 4) as usize;
+            let m = crate::mutate::mutate(&good, &mut rng, 64);
+            let fds = (rng.next() % 4) as usize;
             if let Ok(h) = parse_handshake(&m, fds) {
                 assert!(m.len() == HANDSHAKE_LEN && m[..8] == MAGIC && fds == 3);
                 assert_eq!(h.huge, m[24] != 0);

@@ -607,25 +607,9 @@ mod tests {
     #[test]
     fn endpoint_decoder_fuzz() {
         let good = Endpoint { ring_bytes: 1 << 20, addr: 0x7f00_1234_5000, rkey: 0xabc }.encode();
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = crate::mutate::Rng(0x9e37_79b9_7f4a_7c15);
         for _ in 0..50_000 {
-            let mut p = good.clone();
-            match next() % 3 {
-                0 => p.truncate((next() % 24) as usize),
-                1 => p = (0..next() % 60).map(|_| next() as u8).collect(),
-                _ => {
-                    for _ in 0..1 + next() % 3 {
-                        let i = (next() % p.len() as u64) as usize;
-                        p[i] = next() as u8;
-                    }
-                }
-            }
+            let p = crate::mutate::mutate(&good, &mut rng, 60);
             if let Ok(e) = Endpoint::decode(&p) {
                 assert_eq!(e.encode(), p[..PRIVATE_LEN].to_vec());
                 assert!(e.ring_bytes.is_power_of_two() && e.ring_bytes >= RING_BYTES_MIN);
