@@ -104,22 +104,37 @@ fn topic_entry(m: &MsgRef) -> (u64, u32, u16, &[u8]) {
 
 /// `Conn::deliver_to_ring` on the parts of a connection (so `pump` can use it while it walks
 /// the subscriptions).
+/// Output already buffered (replies, say) goes into the ring first when it fits whole, so the
+/// deliveries behind it can still go straight in. Returns (entries written, record bytes,
+/// buffered output bytes moved into the ring).
 fn ring_deliver<T>(
     ring: Option<&RingConn>,
     pos: &RingPositions,
-    out: &[u8],
+    out: &mut Vec<u8>,
     sending: &[u8],
     id: u32,
     items: &[T],
     entry: impl Fn(&T) -> (u64, u32, u16, &[u8]),
-) -> (usize, usize) {
-    let Some(ring) = ring else { return (0, 0) };
-    if !out.is_empty() || !sending.is_empty() || items.is_empty() {
-        return (0, 0);
+) -> (usize, usize, usize) {
+    let Some(ring) = ring else { return (0, 0, 0) };
+    if !sending.is_empty() || items.is_empty() {
+        return (0, 0, 0);
+    }
+    let tx = ring.region().s2c();
+    let mut flushed = 0;
+    if !out.is_empty() {
+        let tail = pos.tx_tail.get();
+        if tx.free_after(tail).is_none_or(|free| free < out.len()) {
+            return (0, 0, 0);
+        }
+        let wrote = tx.write_after(tail, out).expect("checked just above");
+        pos.tx_tail.set(tail + wrote as u64);
+        flushed = out.len();
+        out.clear();
     }
     let (mut n, mut bytes) = (0, 0);
     let tail = pos.tx_tail.get();
-    let wrote = ring.region().s2c().write_with_after(tail, |buf| {
+    let wrote = tx.write_with_after(tail, |buf| {
         let (used, w, b) = write_deliver_into(buf, id, items, &entry);
         (n, bytes) = (w, b);
         used
@@ -128,9 +143,9 @@ fn ring_deliver<T>(
         Some(used) => pos.tx_tail.set(tail + used as u64),
         // The client's head is impossible: nothing was written; `flush_ring` finds the same
         // and closes the connection.
-        None => return (0, 0),
+        None => return (0, 0, flushed),
     }
-    (n, bytes)
+    (n, bytes, flushed)
 }
 
 /// A topic subscription's bounded buffer.
@@ -294,18 +309,19 @@ impl Conn {
         }
     }
 
-    /// For a ring connection with no output queued ahead (order is kept): writes DELIVER
-    /// frames for as many of `items` as fit straight into its outgoing ring, the record's one
-    /// copy on its way out. Returns (entries written, record bytes copied); the caller buffers
-    /// the rest in `out` as usual.
+    /// For a ring connection: writes DELIVER frames for as many of `items` as fit straight
+    /// into its outgoing ring, the record's one copy on its way out, after any output already
+    /// buffered (order is kept; if that output does not fit whole, nothing goes direct).
+    /// Returns (entries written, record bytes copied, buffered bytes moved into the ring); the
+    /// caller buffers the rest in `out` as usual.
     pub fn deliver_to_ring<T>(
         &mut self,
         id: u32,
         items: &[T],
         entry: impl Fn(&T) -> (u64, u32, u16, &[u8]),
-    ) -> (usize, usize) {
+    ) -> (usize, usize, usize) {
         let pos = &self.ring_pos;
-        ring_deliver(self.ring.as_deref(), pos, &self.out, &self.sending, id, items, entry)
+        ring_deliver(self.ring.as_deref(), pos, &mut self.out, &self.sending, id, items, entry)
     }
 
     /// Whether `id` is already used by a consumer or subscription of this connection.
@@ -313,20 +329,21 @@ impl Conn {
         self.consumers.contains_key(&id) || self.subs.contains_key(&id)
     }
 
-    /// Moves buffered topic messages into the output until it reaches `high_water`.
-    /// Returns how many messages were written, and their record bytes (native connections).
-    pub fn pump(&mut self, high_water: usize) -> (usize, usize) {
+    /// Moves buffered topic messages into the output until it reaches `high_water`. Returns
+    /// how many messages were written, their record bytes (native connections) and the
+    /// buffered output moved into a ring on the way.
+    pub fn pump(&mut self, high_water: usize) -> (usize, usize, usize) {
         if self.closing {
-            return (0, 0);
+            return (0, 0, 0);
         }
         if let Some(session) = self.stomp.as_mut() {
-            return (session.pump(&mut self.subs, &mut self.out, high_water), 0);
+            return (session.pump(&mut self.subs, &mut self.out, high_water), 0, 0);
         }
         if let Some(session) = self.mqtt.as_mut() {
             let now_us = crate::broker::wall_clock_ms() * 1000;
-            return (session.pump(&mut self.subs, &mut self.out, high_water, now_us), 0);
+            return (session.pump(&mut self.subs, &mut self.out, high_water, now_us), 0, 0);
         }
-        let (mut written, mut bytes) = (0, 0);
+        let (mut written, mut bytes, mut flushed) = (0, 0, 0);
         let Conn { subs, ring, ring_pos, out, sending, .. } = self;
         for (&id, sub) in subs.iter_mut() {
             // Straight into the ring while nothing waits ahead, then into `out`.
@@ -334,9 +351,9 @@ impl Conn {
                 let front = sub.pending.as_slices().0;
                 let n = front.len().min(TOPIC_DELIVER_BATCH);
                 let front = &front[..n];
-                let (w, b) =
+                let (w, b, f) =
                     ring_deliver(ring.as_deref(), ring_pos, out, sending, id, front, topic_entry);
-                (written, bytes) = (written + w, bytes + b);
+                (written, bytes, flushed) = (written + w, bytes + b, flushed + f);
                 sub.pending.drain(..w);
                 if w < n {
                     break;
@@ -350,6 +367,6 @@ impl Conn {
                 sub.pending.drain(..n);
             }
         }
-        (written, bytes)
+        (written, bytes, flushed)
     }
 }

@@ -518,11 +518,12 @@ impl Shard {
         if conn.mqtt.is_some() {
             return self.write_mqtt_messages(key, msgs);
         }
-        let (direct, mut copied) = conn.deliver_to_ring(key.id, &msgs, queue_entry);
+        let (direct, mut copied, flushed) = conn.deliver_to_ring(key.id, &msgs, queue_entry);
         if direct < msgs.len() {
             let rest = msgs[direct..].iter().map(queue_entry);
             copied += write_deliver_frames(&mut conn.out, key.id, rest).1;
         }
+        metrics::add(&self.metrics.ring_bytes_out, flushed as u64);
         metrics::add(&self.metrics.delivered, msgs.len() as u64);
         metrics::add(&self.metrics.copy_deliver_bytes, copied as u64);
         self.dirty_conns.push(key.slot);

@@ -812,9 +812,10 @@ impl Shard {
         let Some(conn) = self.conns[slot as usize].as_mut() else {
             return;
         };
-        let (delivered, copied) = conn.pump(high_water);
+        let (delivered, copied, flushed) = conn.pump(high_water);
         metrics::add(&self.metrics.delivered, delivered as u64);
         metrics::add(&self.metrics.copy_deliver_bytes, copied as u64);
+        metrics::add(&self.metrics.ring_bytes_out, flushed as u64);
         if !conn.deferred_settles.is_empty() && conn.out.len() < high_water {
             for (key, queue, tags) in std::mem::take(&mut conn.deferred_settles) {
                 self.settle_acks(key, queue, tags);

@@ -286,3 +286,56 @@ fn other_users_are_refused_unless_allowed() {
     let d = c.receive(Some(RECV_TIMEOUT)).unwrap().expect("published by the other user");
     assert_eq!(d.payload(), b"from another user");
 }
+
+/// The copies the server makes of a message over shared memory, from its own counters: the
+/// batch once into the memory the queue keeps (no reassembly buffer), each record once straight
+/// into the consumer's ring (nothing through the output buffer), none into a journal for a
+/// memory queue. Over TCP the same run copies every byte in twice (reassembly, then the batch).
+#[test]
+fn payload_copies_over_shm_are_one_in_and_one_out() {
+    const N: usize = 1_000;
+    const PAYLOAD: usize = 200;
+    const RECORD: usize = 40 + PAYLOAD; // fixed record part + payload (no headers)
+    let copies = |url_of: fn(&Server) -> String| {
+        let mut server = Server::start(1);
+        let url = url_of(&server);
+        let conn = server.connect_url(&url);
+        let opts = rdmq_client::QueueOptions {
+            durability: rdmq_client::Durability::Memory,
+            ..Default::default()
+        };
+        conn.declare_queue("copies", &opts).unwrap();
+        let mut c = conn.consume("copies", N as u32).unwrap();
+        let mut p = conn.queue_producer("copies");
+        for i in 0..N {
+            let mut payload = vec![(i % 251) as u8; PAYLOAD];
+            payload[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            p.send(&payload).unwrap();
+        }
+        p.flush().unwrap();
+        for d in recv_n(&mut c, N) {
+            c.ack(&d).unwrap();
+        }
+        c.close().unwrap();
+        drop(conn);
+        let log = server.stop();
+        let get = |k: &str| Server::counter(&log, k) as usize;
+        (
+            get("copy_in_bytes"),
+            get("copy_deliver_bytes"),
+            get("ring_bytes_out"),
+            get("copy_journal_bytes"),
+        )
+    };
+    let (cin, deliver, ring_out, journal) = copies(|s| s.shm_url.clone());
+    assert!(
+        (N * RECORD..=N * (RECORD + 24)).contains(&cin),
+        "in: {cin} for {N} records of {RECORD} B"
+    );
+    assert_eq!(deliver, N * RECORD, "each record copied once on the way out");
+    assert!(ring_out < 4096, "deliveries went through the output buffer: {ring_out} B");
+    assert_eq!(journal, 0, "a memory queue writes no journal");
+    let (tcp_in, tcp_deliver, _, _) = copies(|s| s.url.clone());
+    assert!(tcp_in >= 2 * N * RECORD, "TCP copies in twice (inbuf, then the batch): {tcp_in}");
+    assert_eq!(tcp_deliver, N * RECORD);
+}
