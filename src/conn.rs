@@ -51,19 +51,20 @@ pub fn write_deliver_frames<'a>(
 /// Writes whole DELIVER frames for `id` straight into `buf` (a ring's free span), frames cut
 /// at [`DELIVER_FRAME_BYTES`], entries from `items` through `entry` (tag, delivery count,
 /// flags, record), stopping at the first entry that does not fit. Returns (bytes used, entries
-/// written, record bytes copied). The frame layout is `DeliverWriter`'s.
+/// written, record bytes copied). The layout comes from the codec (`wire::deliver`), as
+/// `DeliverWriter`'s does; this one writes into a slice instead of a `Vec`.
 pub fn write_deliver_into<T>(
     buf: &mut [u8],
     id: u32,
     items: &[T],
     entry: impl Fn(&T) -> (u64, u32, u16, &[u8]),
 ) -> (usize, usize, usize) {
-    use rdmq_client::wire::{deliver::ENTRY_HEADER_LEN, Opcode, FRAME_HEADER_LEN};
-    const BODY_HEADER: usize = 8;
+    use rdmq_client::wire::deliver::{body_header, entry_header, BODY_HEADER_LEN};
+    use rdmq_client::wire::{deliver::ENTRY_HEADER_LEN, FrameHeader, Opcode, FRAME_HEADER_LEN};
     let (mut used, mut written, mut copied) = (0, 0, 0);
     while written < items.len() {
         let frame_at = used;
-        let mut at = frame_at + FRAME_HEADER_LEN + BODY_HEADER;
+        let mut at = frame_at + FRAME_HEADER_LEN + BODY_HEADER_LEN;
         let mut count = 0u32;
         while written < items.len() {
             let (tag, deliveries, flags, record) = entry(&items[written]);
@@ -72,11 +73,8 @@ pub fn write_deliver_into<T>(
             if frame_full || at + len > buf.len() {
                 break;
             }
-            buf[at..at + 8].copy_from_slice(&tag.to_le_bytes());
-            buf[at + 8..at + 12].copy_from_slice(&deliveries.to_le_bytes());
-            buf[at + 12..at + 14].copy_from_slice(&flags.to_le_bytes());
-            buf[at + 14..at + 16].copy_from_slice(&0u16.to_le_bytes());
-            buf[at + 16..at + len].copy_from_slice(record);
+            buf[at..at + ENTRY_HEADER_LEN].copy_from_slice(&entry_header(tag, deliveries, flags));
+            buf[at + ENTRY_HEADER_LEN..at + len].copy_from_slice(record);
             at += len;
             count += 1;
             copied += record.len();
@@ -85,13 +83,12 @@ pub fn write_deliver_into<T>(
         if count == 0 {
             break; // not even one entry fits: the caller buffers the rest
         }
-        let body = (at - frame_at - FRAME_HEADER_LEN) as u32;
-        let h = &mut buf[frame_at..frame_at + FRAME_HEADER_LEN + BODY_HEADER];
-        h[0..4].copy_from_slice(&body.to_le_bytes());
-        h[4] = Opcode::Deliver as u8;
-        h[5..16].fill(0); // flags, reserved, request id 0
-        h[16..20].copy_from_slice(&id.to_le_bytes());
-        h[20..24].copy_from_slice(&count.to_le_bytes());
+        let length = (at - frame_at - FRAME_HEADER_LEN) as u32;
+        let opcode = Opcode::Deliver as u8;
+        let h = FrameHeader { length, opcode, flags: 0, reserved: 0, request_id: 0 };
+        let body_at = frame_at + FRAME_HEADER_LEN;
+        buf[frame_at..body_at].copy_from_slice(&h.to_bytes());
+        buf[body_at..body_at + BODY_HEADER_LEN].copy_from_slice(&body_header(id, count));
         used = at;
     }
     (used, written, copied)
@@ -102,11 +99,8 @@ fn topic_entry(m: &MsgRef) -> (u64, u32, u16, &[u8]) {
     (0, 1, 0, m.bytes())
 }
 
-/// `Conn::deliver_to_ring` on the parts of a connection (so `pump` can use it while it walks
-/// the subscriptions).
-/// Output already buffered (replies, say) goes into the ring first when it fits whole, so the
-/// deliveries behind it can still go straight in. Returns (entries written, record bytes,
-/// buffered output bytes moved into the ring).
+/// `Conn::deliver_to_ring` on the parts of a connection, so `pump` can use it while it walks
+/// the subscriptions.
 fn ring_deliver<T>(
     ring: Option<&RingConn>,
     pos: &RingPositions,
@@ -160,8 +154,8 @@ pub struct SubState {
 /// A shared-memory connection's rings and the eventfd that wakes its client. The socket
 /// (`Conn::fd`) only carries the handshake, then tells the shard when the client goes away.
 pub struct ShmConn {
-    /// Shared with the frame handlers during a parse, so frames can be read in place while the
-    /// connection's state changes (a close keeps the mapping alive until the parse returns).
+    /// Cloned while the shard reads the ring, so a handler that closes and releases the
+    /// connection meanwhile does not unmap the memory under the read.
     pub region: Rc<Region>,
     pub client_wake: OwnedFd,
 }
@@ -236,11 +230,8 @@ impl RingConn {
 
 fn wake_if_waiting(s: &ShmConn) {
     use std::os::fd::AsFd;
-    use std::sync::atomic::{fence, Ordering};
-    fence(Ordering::SeqCst);
-    if s.region.ctrl().client_waiting.0.load(Ordering::Relaxed) != 0 {
-        rdmq_client::shm::signal(s.client_wake.as_fd());
-    }
+    let waiting = &s.region.ctrl().client_waiting.0;
+    rdmq_client::shm::wake_if_waiting(waiting, s.client_wake.as_fd());
 }
 
 pub struct Conn {

@@ -54,56 +54,31 @@ impl Shard {
         }
         let inbuf = std::mem::take(&mut conn.inbuf);
         let body_max = self.cfg.frame_body_max;
-        let Some(pos) = self.on_native_input(slot, generation, &inbuf, body_max) else {
-            return;
-        };
-        let conn = self.conns[slot as usize].as_mut().expect("still open");
-        conn.inbuf = inbuf;
-        conn.inbuf.drain(..pos);
-    }
-
-    /// Handles every whole native frame at the start of `data` (bytes from a socket, or a shm
-    /// ring read in place). Returns the bytes consumed, or `None` if the connection is closing.
-    pub fn on_native_input(
-        &mut self,
-        slot: u32,
-        generation: u32,
-        data: &[u8],
-        body_max: usize,
-    ) -> Option<usize> {
         let mut pos = 0;
         loop {
-            match wire::split_frame(&data[pos..], body_max) {
-                Ok(None) => return Some(pos),
+            match wire::split_frame(&inbuf[pos..], body_max) {
+                Ok(None) => break,
                 Ok(Some((h, body))) => {
                     let frame_len = wire::FRAME_HEADER_LEN + body.len();
                     self.on_frame(slot, generation, &h, body);
                     pos += frame_len;
                     if self.conns[slot as usize].as_ref().is_none_or(|c| c.closing) {
-                        return None;
+                        return;
                     }
                 }
-                Err(e) => {
-                    let c = if matches!(e, wire::DecodeError::Invalid { offset: 0, .. }) {
-                        code::FRAME_TOO_LARGE
-                    } else {
-                        code::PROTOCOL_ERROR
-                    };
-                    fatal(self, slot, c, &format!("bad frame header: {e}"));
-                    return None;
-                }
+                Err(e) => return fatal_bad_header(self, slot, e),
             }
         }
+        let conn = self.conns[slot as usize].as_mut().expect("still open");
+        conn.inbuf = inbuf;
+        conn.inbuf.drain(..pos);
     }
 
     pub(crate) fn on_frame(&mut self, slot: u32, generation: u32, h: &FrameHeader, body: &[u8]) {
         let reply = ReplyTo { shard: self.id, slot, generation, request_id: h.request_id };
         let cmd = match wire::decode(h, body) {
             Ok(cmd) => cmd,
-            Err(e) => {
-                let msg = format!("malformed frame (opcode 0x{:02x}): {e}", h.opcode);
-                return fatal(self, slot, code::PROTOCOL_ERROR, &msg);
-            }
+            Err(e) => return fatal(self, slot, code::PROTOCOL_ERROR, &malformed(h.opcode, e)),
         };
         let handshaken = self.conns[slot as usize].as_ref().expect("live").handshaken;
         match (handshaken, cmd) {
@@ -277,8 +252,7 @@ impl Shard {
     ) {
         metrics::add(&self.metrics.published, count as u64);
         if kind == DestKind::Topic {
-            let bytes = batch.clone();
-            return self.publish_topic(reply, confirm, name, &bytes, count, Some(batch));
+            return self.publish_topic(reply, confirm, name, &batch, count, Some(&batch));
         }
         let queue: Arc<str> = name.into();
         let owner = self.queue_owner(&queue);
@@ -297,7 +271,7 @@ impl Shard {
         name: &str,
         batch: &[u8],
         count: u32,
-        shared: Option<Arc<[u8]>>,
+        shared: Option<&Arc<[u8]>>,
     ) {
         if let Err(e) = pattern::validate_topic(name) {
             return self.reply(reply, err(code::INVALID_ARGUMENT, e.0));
@@ -312,7 +286,7 @@ impl Shard {
         self.subscriptions.for_each_match(name, |k| targets.push(k));
         if !targets.is_empty() {
             let topic: Arc<str> = name.into();
-            let shared: Arc<[u8]> = shared.unwrap_or_else(|| {
+            let shared: Arc<[u8]> = shared.cloned().unwrap_or_else(|| {
                 metrics::add(&self.metrics.copy_in_bytes, batch.len() as u64);
                 Arc::from(batch)
             });
@@ -880,6 +854,22 @@ pub fn fatal(s: &mut Shard, slot: u32, code: u16, message: &str) {
         metrics::add(&s.metrics.protocol_errors, 1);
     }
     s.close_conn_with(slot, true);
+}
+
+/// Closes a connection whose frame header does not decode: ERROR 501 for a length above the
+/// limit, 500 for anything else.
+pub fn fatal_bad_header(s: &mut Shard, slot: u32, e: wire::DecodeError) {
+    let c = if matches!(e, wire::DecodeError::Invalid { offset: 0, .. }) {
+        code::FRAME_TOO_LARGE
+    } else {
+        code::PROTOCOL_ERROR
+    };
+    fatal(s, slot, c, &format!("bad frame header: {e}"));
+}
+
+/// The ERROR message for a frame whose body does not decode.
+pub fn malformed(opcode: u8, e: wire::DecodeError) -> String {
+    format!("malformed frame (opcode 0x{opcode:02x}): {e}")
 }
 
 /// A queue delivery as a DELIVER entry.

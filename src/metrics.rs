@@ -31,7 +31,6 @@ metrics! {
     copy_in_bytes: "Bytes the server copied out of what it received into memory it keeps: a socket's bytes into its reassembly buffer (TCP, gateways), a published batch into the shared buffer its records live in (every transport).",
     copy_journal_bytes: "Bytes copied into a journal write ring (flush and fsync queues).",
     copy_deliver_bytes: "Record bytes copied into DELIVER frames (native protocol): into a connection's output buffer, or straight into a shm or RDMA client's ring.",
-
     mailbox_full: "Times a shard found a peer's mailbox full and kept the batch for the next pass.",
 }
 

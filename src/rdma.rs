@@ -7,8 +7,8 @@
 //! every RDMA connection (rdma_cm hands all connection requests to the listener's channel;
 //! moving identifiers between shards is not built). Each pass `poll_rdma` takes rdma_cm events
 //! (connect requests, disconnects) and completions (the peer's tail after its writes, its
-//! credits, our writes done) without blocking; `poll_rings` then parses frames in place from
-//! each link's receive ring, exactly as for shared memory. Before sleeping the shard arms the
+//! credits, our writes done) without blocking; `poll_rings` then reads frames out of each
+//! link's receive ring, exactly as for shared memory. Before sleeping the shard arms the
 //! completion queue and keeps a poll armed on its channel and the rdma_cm channel in its
 //! io_uring, so a completion or a disconnect wakes it.
 //!
@@ -62,6 +62,17 @@ mod built {
     /// Which descriptor an armed io_uring poll watches (its slot field).
     const WATCH_CQ: u32 = 0;
     const WATCH_CM: u32 = 1;
+
+    /// A connection's token (in its work request ids and its rdma_cm identifier): the slot and
+    /// generation that find it in the shard's table, laid out as in io_uring user data.
+    fn token(slot: u32, generation: u32) -> u64 {
+        (generation as u64) << 32 | slot as u64
+    }
+
+    /// The (slot, generation) a token names.
+    fn untoken(token: u64) -> (u32, u32) {
+        (token as u32, (token >> 32) as u32)
+    }
 
     pub struct RdmaState {
         // Drop order: the listener identifier, then the CQ and PD (every connection's queue
@@ -145,10 +156,10 @@ mod built {
                     return 0;
                 }
             };
-            let wcs: Vec<Wc> = r.wcs[..n].to_vec();
-            for wc in &wcs {
-                let (token, _) = Link::split_wr_id(wc.wr_id);
-                let (slot, generation) = ((token & 0xFFFF_FFFF) as u32, (token >> 32) as u32);
+            // Taken out for the loop (handlers need the shard) and put back: no allocation.
+            let wcs = std::mem::take(&mut r.wcs);
+            for wc in &wcs[..n] {
+                let (slot, generation) = untoken(Link::split_wr_id(wc.wr_id).0);
                 let Some(conn) = self.conn(slot, generation) else { continue };
                 let Some(RingConn::Rdma(link)) = conn.ring.as_deref_mut() else { continue };
                 link.on_completion(wc);
@@ -165,6 +176,9 @@ mod built {
                     self.dirty_conns.push(slot);
                 }
             }
+            if let Some(r) = self.rdma.as_mut() {
+                r.wcs = wcs;
+            }
             n
         }
 
@@ -174,8 +188,7 @@ mod built {
                 EventKind::Established => {}
                 _ => {
                     // Disconnected, or an error on an established connection: close it.
-                    let (slot, generation) =
-                        ((ev.token & 0xFFFF_FFFF) as u32, (ev.token >> 32) as u32);
+                    let (slot, generation) = untoken(ev.token);
                     if ev.token != 0 && self.conn(slot, generation).is_some() {
                         self.close_conn(slot);
                     }
@@ -207,7 +220,7 @@ mod built {
                 return refuse(id, "connection table full");
             };
             let generation = self.next_generation(slot);
-            let token = (generation as u64) << 32 | slot as u64;
+            let token = token(slot, generation);
             let r = self.rdma.as_mut().expect("listening");
             let (pd, cq) = (r.pd.as_ref().expect("made"), r.cq.as_ref().expect("made"));
             let link = Link::new(id, pd, cq, peer.ring_bytes, token).and_then(|mut l| {
@@ -243,16 +256,10 @@ mod built {
                 let _ = cq.arm();
             }
             let fds = [r.cq.as_ref().map(|c| c.fd()), Some(r.ch.fd())];
-            let mut arm = Vec::new();
-            for (which, fd) in fds.into_iter().enumerate() {
-                if let Some(fd) = fd {
-                    if !r.armed[which] {
-                        r.armed[which] = true;
-                        arm.push((which as u32, fd));
-                    }
-                }
-            }
-            for (which, fd) in arm {
+            for (which, fd) in [WATCH_CQ, WATCH_CM].into_iter().zip(fds) {
+                let r = self.rdma.as_mut().expect("checked");
+                let Some(fd) = fd.filter(|_| !r.armed[which as usize]) else { continue };
+                r.armed[which as usize] = true;
                 self.ring.poll_in(fd, user_data(op::RDMA_READY, 0, which));
             }
             // A completion that arrived before the arming raised no event: look once more.

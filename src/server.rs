@@ -68,14 +68,14 @@ impl Server {
                 let (l, addr) = bind_per_shard(a, n)?;
                 (l.into_iter().map(Some).collect(), Some(addr))
             }
-            None => ((0..n).map(|_| None).collect::<Vec<_>>(), None),
+            None => (none_per_shard(n), None),
         };
         let (mut mqtt_listeners, mqtt_addr) = match cfg.mqtt_addr {
             Some(a) => {
                 let (l, addr) = bind_per_shard(a, n)?;
                 (l.into_iter().map(Some).collect(), Some(addr))
             }
-            None => ((0..n).map(|_| None).collect::<Vec<_>>(), None),
+            None => (none_per_shard(n), None),
         };
         let mut shm_note = None;
         let (mut shm_listeners, shm_path) = match &cfg.shm_path {
@@ -86,11 +86,11 @@ impl Server {
                 // serve the rest. A socket asked for by name must work.
                 Err(e) if cfg.shm_listen.trim().is_empty() => {
                     shm_note = Some(format!("{e} (set shm_listen to another path, or \"off\")"));
-                    ((0..n).map(|_| None).collect::<Vec<_>>(), None)
+                    (none_per_shard(n), None)
                 }
                 Err(e) => return Err(format!("{e} (--shm-listen off disables shared memory)")),
             },
-            None => ((0..n).map(|_| None).collect::<Vec<_>>(), None),
+            None => (none_per_shard(n), None),
         };
         let ctls: Vec<ShardCtl> = (0..n)
             .map(|_| {
@@ -199,6 +199,11 @@ impl Server {
         }
         first
     }
+}
+
+/// No listener on any of `n` shards (the transport or gateway is off).
+fn none_per_shard(n: usize) -> Vec<Option<OwnedFd>> {
+    (0..n).map(|_| None).collect()
 }
 
 /// One `SO_REUSEPORT` listener per shard on `addr`: the first is bound, the rest join the port

@@ -321,9 +321,12 @@ impl Shard {
         // acquire/release, which would let both sides miss each other).
         std::sync::atomic::fence(Ordering::SeqCst);
         // A peer that pushed before seeing `sleeping` did not signal: look once more.
+        // RDMA: arm the completion queue first, then look (a completion before the arming
+        // raises no event).
         let pending = self.inbox.iter().any(|r| !r.is_empty())
             || self.ring.has_completions()
-            || self.rings_pending();
+            || self.rings_pending()
+            || self.rdma_before_sleep();
         if !pending {
             self.ring.submit_and_wait(HOUSEKEEPING_TICK)?;
         }
@@ -564,8 +567,7 @@ impl Shard {
             return;
         };
         let _ = sys::set_nodelay(fd);
-        let generation = self.generations[slot as usize].wrapping_add(1) & 0xFF_FFFF;
-        self.generations[slot as usize] = generation;
+        let generation = self.next_generation(slot);
         let mut conn = Conn::new(fd, generation);
         conn.accepted_ms = self.now_ms;
         if which == LISTENER_STOMP {
@@ -587,7 +589,7 @@ impl Shard {
                     eprintln!("rdmq: shard {}: shm connection refused: {why}", self.id);
                     rdmq_client::shm::send_refusal(sock, &why);
                     self.ring.close(fd, user_data(op::CLOSE, 0, 0));
-                    self.free_slots.push(slot);
+                    self.free_slot(slot);
                     return;
                 }
             }
@@ -604,13 +606,11 @@ impl Shard {
     }
 
     /// Gives back a slot taken with `free_slots_pop` and never used.
-    #[cfg_attr(not(feature = "rdma"), allow(dead_code))]
     pub(crate) fn free_slot(&mut self, slot: u32) {
         self.free_slots.push(slot);
     }
 
     /// Bumps and returns the generation of a slot about to get a new connection.
-    #[cfg_attr(not(feature = "rdma"), allow(dead_code))]
     pub(crate) fn next_generation(&mut self, slot: u32) -> u32 {
         let generation = self.generations[slot as usize].wrapping_add(1) & 0xFF_FFFF;
         self.generations[slot as usize] = generation;

@@ -1,7 +1,7 @@
 //! The server's side of the ring transports: accepting a shared-memory client on the Unix
 //! socket (`shm://PATH`: credential check, region, handshake), and for every ring connection
-//! (shared memory, or RDMA, see `rdma.rs`) reading its frames in place from its receive ring
-//! every pass and writing its output into its outgoing ring.
+//! (shared memory, or RDMA, see `rdma.rs`) reading its frames out of its receive ring every
+//! pass and writing its output into its outgoing ring.
 //! The ring layout and handshake are in the client crate (`rdmq_client::shm`), shared by both
 //! ends.
 //!
@@ -9,11 +9,16 @@
 //! `Conn` whose `fd` carries only the handshake and then end-of-file, and whose frames go
 //! through the rings instead of io_uring receives and sends.
 //!
-//! Data path, per pass: `poll_rings` looks at every ring connection's receive ring (one acquire load when
-//! idle); whole frames are handled where they lie in the shared mapping, with no copy into a
-//! reassembly buffer; the bytes are given back to the client (the head advances) once handled.
-//! `flush_ring` copies the pass's output into the outgoing ring, as a send would into the
-//! kernel, and wakes the shm client if it sleeps (or posts the RDMA writes).
+//! Data path, per pass: `poll_rings` looks at every ring connection's receive ring (one
+//! acquire load when idle); each whole frame is copied out before it is decoded (a PUBLISH
+//! batch straight into the buffer the queue keeps), with no reassembly buffer; the bytes are
+//! given back to the client (the head advances) once handled. Deliveries are written straight
+//! into the outgoing ring (`Conn::deliver_to_ring`); `flush_ring` copies the rest of the
+//! pass's output there, as a send would into the kernel, and wakes the shm client if it sleeps
+//! (or posts the RDMA writes).
+//!
+//! The shard trusts nothing a shm client can write: it keeps its own ring positions
+//! (`RingPositions`) and validates the client's.
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::rc::Rc;
@@ -24,11 +29,11 @@ use rdmq_client::shm::{self, Region, Ring};
 use rdmq_client::wire::frame::FLAG_NO_CONFIRM;
 use rdmq_client::wire::publish::{Publish, PREFIX_MAX};
 use rdmq_client::wire::record::BatchView;
-use rdmq_client::wire::{DecodeError, FrameHeader, Opcode, Reader, FRAME_HEADER_LEN};
+use rdmq_client::wire::{FrameHeader, Opcode, Reader, FRAME_HEADER_LEN};
 
-use crate::conn::{RingConn, ShmConn};
+use crate::conn::{Conn, RingConn, ShmConn};
 use crate::event::ReplyTo;
-use crate::handlers::fatal;
+use crate::handlers::{fatal, fatal_bad_header, malformed};
 use crate::metrics;
 use crate::shard::Shard;
 
@@ -55,6 +60,7 @@ impl Shard {
     /// or RDMA); resumes output that a full ring held back. Returns the number of connections
     /// that had input.
     pub fn poll_rings(&mut self) -> usize {
+        let high_water = self.cfg.conn_output_high_water;
         let mut work = 0;
         let mut i = 0;
         // By index: a handler may close (and release) connections, which edits the list.
@@ -63,68 +69,47 @@ impl Shard {
             i += 1;
             let Some(conn) = self.conns[slot as usize].as_ref() else { continue };
             let region = conn.ring.as_ref().expect("ring slot").region().clone();
-            if !conn.sending.is_empty() || !conn.out.is_empty() {
+            if held_output_can_move(conn, &region) {
                 self.dirty_conns.push(slot);
             }
-            // A client that sends requests and never reads the answers stalls here, not in the
-            // shard's memory: its input waits in its ring until the output drains.
-            let backlog = conn.out.len() + conn.sending.len();
-            if conn.closing || backlog >= self.cfg.conn_output_high_water {
+            if !has_input(conn, &region, high_water) {
                 continue;
             }
-            let head = conn.ring_pos.rx_head.get();
-            let rx = region.c2s();
-            if conn.ring_pos.rx_stalled_at.get() == Some(rx.tail()) {
-                continue; // still the same partial frame
-            }
-            let generation = conn.generation;
-            match self.ring_input(slot, generation, &region, head) {
-                Ok(0) => {}
-                Ok(_) => work += 1,
-                Err(why) => {
-                    fatal(self, slot, code::PROTOCOL_ERROR, &why);
-                    continue;
-                }
-            }
-            if let Some(conn) = self.conns[slot as usize].as_mut() {
-                if let Some(ring) = conn.ring.as_mut() {
-                    ring.after_consume();
-                }
+            work += (self.ring_input(slot, &region) > 0) as usize;
+            if let Some(ring) = self.conns[slot as usize].as_mut().and_then(|c| c.ring.as_mut()) {
+                ring.after_consume();
             }
         }
         work
     }
 
-    /// Handles the whole frames in one connection's receive ring from `head`, each copied out
-    /// of the shared memory before it is decoded (a PUBLISH batch straight into the buffer the
-    /// queue keeps, everything else into a scratch buffer), so a peer that rewrites bytes it
-    /// already sent cannot change what was validated. Returns the bytes consumed, or why the
-    /// connection must close.
-    fn ring_input(
-        &mut self,
-        slot: u32,
-        generation: u32,
-        region: &Rc<Region>,
-        mut head: u64,
-    ) -> Result<usize, String> {
+    /// Handles the whole frames in one connection's receive ring, each copied out of the ring
+    /// before it is decoded (a PUBLISH batch straight into the buffer the queue keeps,
+    /// everything else into a scratch buffer), so a peer that rewrites bytes it already sent
+    /// cannot change what was validated. Returns the bytes consumed; a client whose tail is
+    /// impossible, or whose frame header is bad, is closed with an error.
+    fn ring_input(&mut self, slot: u32, region: &Rc<Region>) -> usize {
+        let conn = self.conns[slot as usize].as_ref().expect("ring slot");
+        let (generation, start) = (conn.generation, conn.ring_pos.rx_head.get());
         let rx = region.c2s();
-        let start = head;
         let tail = rx.tail();
-        let Some(avail) = rx.readable_after(head) else {
-            return Err(format!("ring positions corrupted (tail {tail}, head {head})"));
+        let Some(avail) = rx.readable_after(start) else {
+            let why = format!("ring positions corrupted (tail {tail}, head {start})");
+            fatal(self, slot, code::PROTOCOL_ERROR, &why);
+            return 0;
         };
-        let end = head + avail as u64;
+        let end = start + avail as u64;
         // A frame is read whole from the ring, so it must fit it.
         let body_max = self.cfg.frame_body_max.min(region.ring_bytes() - FRAME_HEADER_LEN);
         let mut scratch = std::mem::take(&mut self.ring_scratch);
-        let mut result = Ok(());
+        let mut head = start;
         while end - head >= FRAME_HEADER_LEN as u64 {
             let mut hb = [0u8; FRAME_HEADER_LEN];
             rx.copy_out(head, &mut hb);
             let h = match FrameHeader::decode(&hb, body_max) {
                 Ok(h) => h,
                 Err(e) => {
-                    result = Err(e);
+                    fatal_bad_header(self, slot, e);
                     break;
                 }
             };
@@ -147,19 +132,12 @@ impl Shard {
             }
         }
         self.ring_scratch = scratch;
-        if let Err(e) = result {
-            let c = match e {
-                DecodeError::Invalid { offset: 0, .. } => code::FRAME_TOO_LARGE,
-                _ => code::PROTOCOL_ERROR,
-            };
-            fatal(self, slot, c, &format!("bad frame header: {e}"));
-        }
-        let Some(conn) = self.conns[slot as usize].as_mut() else { return Ok(0) };
+        let Some(conn) = self.conns[slot as usize].as_mut() else { return 0 };
         conn.ring_pos.rx_head.set(head);
         // Nothing whole to handle: note the tail, so the shard does not spin on a partial frame.
         conn.ring_pos.rx_stalled_at.set((head == start).then_some(tail));
         rx.set_head(head);
-        Ok((head - start) as usize)
+        (head - start) as usize
     }
 
     /// A PUBLISH frame in a receive ring: its prefix (kind, name) is copied into a small
@@ -178,11 +156,9 @@ impl Shard {
         let n = len.min(PREFIX_MAX);
         rx.copy_out(body_at, &mut prefix[..n]);
         let mut r = Reader::new(&prefix[..n]);
-        let malformed =
-            |e: DecodeError| format!("malformed frame (opcode 0x{:02x}): {e}", h.opcode);
         let (kind, name) = match Publish::decode_prefix(&mut r) {
             Ok(p) => p,
-            Err(e) => return fatal(self, slot, code::PROTOCOL_ERROR, &malformed(e)),
+            Err(e) => return fatal(self, slot, code::PROTOCOL_ERROR, &malformed(h.opcode, e)),
         };
         let batch_offset = r.position();
         if !self.conns[slot as usize].as_ref().is_some_and(|c| c.handshaken) {
@@ -194,14 +170,13 @@ impl Shard {
         let count = match BatchView::decode(&batch) {
             Ok(view) => view.count,
             Err(e) => {
-                let msg = malformed(e.shifted(batch_offset));
+                let msg = malformed(h.opcode, e.shifted(batch_offset));
                 return fatal(self, slot, code::PROTOCOL_ERROR, &msg);
             }
         };
         let reply = ReplyTo { shard: self.id, slot, generation, request_id: h.request_id };
         let confirm = h.flags & FLAG_NO_CONFIRM == 0;
-        let name = name.to_string();
-        self.publish_batch(reply, confirm, kind, &name, batch, count);
+        self.publish_batch(reply, confirm, kind, name, batch, count);
     }
 
     /// Copies a ring connection's output into its outgoing ring, as far as the ring has room;
@@ -267,22 +242,13 @@ impl Shard {
 
     /// Whether any ring connection has input, or held-back output and room for it (checked
     /// after `set_ring_waiting(true)` and a fence, so nothing written before is missed).
-    pub fn rings_pending(&mut self) -> bool {
+    pub fn rings_pending(&self) -> bool {
         let high_water = self.cfg.conn_output_high_water;
-        let rings = self.ring_slots.iter().any(|&slot| {
+        self.ring_slots.iter().any(|&slot| {
             let Some(conn) = self.conns[slot as usize].as_ref() else { return false };
             let region = conn.ring.as_ref().expect("ring slot").region();
-            let (rx, pos) = (region.c2s(), &conn.ring_pos);
-            let backlog = conn.out.len() + conn.sending.len();
-            let input = !conn.closing
-                && backlog < high_water
-                && pos.rx_stalled_at.get() != Some(rx.tail())
-                && rx.readable_after(pos.rx_head.get()) != Some(0);
-            // Room for held-back output (or an impossible head, which the flush reports).
-            let room = region.s2c().free_after(pos.tx_tail.get()) != Some(0);
-            input || (!conn.sending.is_empty() && room)
-        });
-        rings || self.rdma_before_sleep()
+            has_input(conn, region, high_water) || held_output_can_move(conn, region)
+        })
     }
 
     /// Lets go of a released connection's transport: an RDMA connection is disconnected
@@ -298,4 +264,23 @@ impl Shard {
             }
         }
     }
+}
+
+/// Whether a ring connection's receive ring is worth reading now: it is open, its output has
+/// drained below `high_water` (a client that sends requests and never reads the answers stalls
+/// in its own ring, not in the shard's memory), and its tail has moved since the shard last
+/// found only part of a frame. An impossible tail counts as input: reading it closes the
+/// connection.
+fn has_input(conn: &Conn, region: &Region, high_water: usize) -> bool {
+    let (rx, pos) = (region.c2s(), &conn.ring_pos);
+    !conn.closing
+        && conn.out.len() + conn.sending.len() < high_water
+        && pos.rx_stalled_at.get() != Some(rx.tail())
+        && rx.readable_after(pos.rx_head.get()) != Some(0)
+}
+
+/// Whether output held back by a full outgoing ring can move (or the client's head is
+/// impossible, which the flush reports).
+fn held_output_can_move(conn: &Conn, region: &Region) -> bool {
+    !conn.sending.is_empty() && region.s2c().free_after(conn.ring_pos.tx_tail.get()) != Some(0)
 }

@@ -163,6 +163,10 @@ enum Transport {
 /// What the client needs of a ring transport's blocking end ([`ShmStream`], and
 /// `rdma::RdmaStream`): both mirror each other, so one code path drives them.
 pub(crate) trait RingStream {
+    /// Bytes per ring.
+    fn ring_bytes(&self) -> usize;
+    /// Spin instead of sleeping while waiting.
+    fn set_busy_poll(&mut self, on: bool);
     /// Writes what fits without waiting (0: the ring is full).
     fn write_some(&mut self, src: &[u8]) -> std::io::Result<usize>;
     /// Waits for room (`TimedOut` at the deadline).
@@ -172,6 +176,12 @@ pub(crate) trait RingStream {
 }
 
 impl RingStream for ShmStream {
+    fn ring_bytes(&self) -> usize {
+        ShmStream::ring_bytes(self)
+    }
+    fn set_busy_poll(&mut self, on: bool) {
+        ShmStream::set_busy_poll(self, on)
+    }
     fn write_some(&mut self, src: &[u8]) -> std::io::Result<usize> {
         Ok(ShmStream::write_some(self, src))
     }
@@ -185,6 +195,12 @@ impl RingStream for ShmStream {
 
 #[cfg(feature = "rdma")]
 impl RingStream for crate::rdma::RdmaStream {
+    fn ring_bytes(&self) -> usize {
+        crate::rdma::RdmaStream::ring_bytes(self)
+    }
+    fn set_busy_poll(&mut self, on: bool) {
+        crate::rdma::RdmaStream::set_busy_poll(self, on)
+    }
     fn write_some(&mut self, src: &[u8]) -> std::io::Result<usize> {
         crate::rdma::RdmaStream::write_some(self, src)
     }
@@ -196,6 +212,16 @@ impl RingStream for crate::rdma::RdmaStream {
     }
 }
 
+/// A ring transport set up for a connection: busy polling as asked, batches closed at a
+/// quarter of the ring (so a frame always fits the server's receive ring whole), and records
+/// limited to half of it. Returns the transport and that record limit.
+fn ring_transport(mut s: Box<dyn RingStream>, opts: &mut ConnectionOptions) -> (Transport, usize) {
+    s.set_busy_poll(opts.busy_poll);
+    let ring = s.ring_bytes();
+    opts.batch_bytes = opts.batch_bytes.min(ring / 4);
+    (Transport::Ring(s), ring / 2)
+}
+
 /// Ring bytes per direction an RDMA client asks for (the server caps it with
 /// `rdma_ring_bytes_max`, 4 MiB by default).
 #[cfg(feature = "rdma")]
@@ -204,8 +230,8 @@ const RDMA_RING_BYTES: usize = 1 << 20;
 struct Inner {
     sock: Transport,
     /// Largest record (payload plus its optional parts) one send may carry: unbounded over
-    /// TCP (the server's `frame_body_max` applies), half a ring over shared memory, where a
-    /// whole frame must fit the server's receive ring.
+    /// TCP (the server's `frame_body_max` applies), half a ring over shared memory and RDMA,
+    /// where a whole frame must fit the server's receive ring.
     record_max: usize,
     opts: ConnectionOptions,
     /// Read buffer: bytes `[rpos, rend)` are received and not yet dispatched. Its length is its
@@ -308,11 +334,8 @@ impl Connection {
             }
             #[cfg(feature = "rdma")]
             Endpoint::Rdma(addr) => {
-                let mut s = crate::rdma::RdmaStream::connect(&addr, RDMA_RING_BYTES)?;
-                s.set_busy_poll(opts.busy_poll);
-                let ring = s.ring_bytes();
-                opts.batch_bytes = opts.batch_bytes.min(ring / 4);
-                (Transport::Ring(Box::new(s)), ring / 2)
+                let s = crate::rdma::RdmaStream::connect(&addr, RDMA_RING_BYTES)?;
+                ring_transport(Box::new(s), &mut opts)
             }
             #[cfg(not(feature = "rdma"))]
             Endpoint::Rdma(_) => {
@@ -323,18 +346,15 @@ impl Connection {
                 ))
             }
             Endpoint::Shm(path) => {
-                let mut s = ShmStream::connect(std::path::Path::new(&path)).map_err(|e| {
-                    if e.kind() == ErrorKind::PermissionDenied && e.to_string().starts_with("uid") {
+                let s = ShmStream::connect(std::path::Path::new(&path)).map_err(|e| {
+                    let refused = e.get_ref().is_some_and(|i| i.is::<crate::shm::Refused>());
+                    if refused {
                         Error::Closed(format!("refused by the server: {e}"))
                     } else {
                         Error::Io(e)
                     }
                 })?;
-                s.set_busy_poll(opts.busy_poll);
-                let ring = s.ring_bytes();
-                // Batches close well below the ring so a frame always fits it whole.
-                opts.batch_bytes = opts.batch_bytes.min(ring / 4);
-                (Transport::Ring(Box::new(s)), ring / 2)
+                ring_transport(Box::new(s), &mut opts)
             }
         };
         let mut inner = Inner {
@@ -576,9 +596,9 @@ impl Inner {
                 Transport::Tcp(s) => s.write(&self.wbuf[at..]),
                 Transport::Ring(s) => match s.write_some(&self.wbuf[at..]) {
                     Ok(0) => {
-                        // The server's ring is full: take in what it sent meanwhile (it never
-                        // stops reading for that, but our own buffers should not grow), then
-                        // sleep until it frees space.
+                        // The server's ring is full: take in what it sent meanwhile (it stops
+                        // reading a client whose answers pile up, so not reading here could
+                        // stall both sides), then sleep until it frees space.
                         self.read_some(Some(Instant::now()))?;
                         let Transport::Ring(s) = &mut self.sock else { unreachable!() };
                         let soon = Instant::now() + RING_WRITE_WAIT;

@@ -256,11 +256,6 @@ impl Region {
         self.cap
     }
 
-    /// Whether the region lives in huge pages.
-    pub fn huge(&self) -> bool {
-        self.huge
-    }
-
     /// The first mapping of the client-to-server ring (an RDMA peer's receive ring).
     pub fn c2s_ptr(&self) -> *mut u8 {
         // SAFETY: the ring's mappings start right after the control block, inside the mapping.
@@ -307,49 +302,14 @@ pub struct Ring<'a> {
 }
 
 impl Ring<'_> {
-    /// Producer: bytes that can be written now.
+    /// Producer: bytes that can be written now (0 if the consumer's head is impossible).
     pub fn free(&self) -> usize {
-        let tail = self.tail.load(Ordering::Relaxed);
-        let head = self.head.load(Ordering::Acquire);
-        self.cap - (tail.wrapping_sub(head) as usize).min(self.cap)
+        self.free_after(self.tail.load(Ordering::Relaxed)).unwrap_or(0)
     }
 
     /// Producer: copies as much of `src` as fits and publishes it; returns the bytes written.
     pub fn write(&self, src: &[u8]) -> usize {
-        let n = self.free().min(src.len());
-        if n == 0 {
-            return 0;
-        }
-        let tail = self.tail.load(Ordering::Relaxed);
-        let at = tail as usize & (self.cap - 1);
-        // SAFETY: `[at, at + n)` with `n <= cap` lies inside the ring's double mapping, and the
-        // span `[tail, tail + n)` is free (`n <= free`): the consumer does not read it until the
-        // release store below publishes it.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.data.add(at), n) };
-        self.tail.store(tail + n as u64, Ordering::Release);
-        n
-    }
-
-    /// Producer: lets `f` encode in place into the free span (contiguous, thanks to the double
-    /// mapping), then publishes the bytes it says it wrote. For writers that would otherwise
-    /// build their output in a buffer and copy it here.
-    pub fn write_with(&self, f: impl FnOnce(&mut [u8]) -> usize) -> usize {
-        let free = self.free();
-        if free == 0 {
-            return 0;
-        }
-        let tail = self.tail.load(Ordering::Relaxed);
-        let at = tail as usize & (self.cap - 1);
-        // SAFETY: `[at, at + free)` with `free <= cap` lies inside the double mapping, and the
-        // span is unpublished: the consumer does not read it until the release store below,
-        // and this side is the ring's only producer, so `f` has it to itself.
-        let span = unsafe { std::slice::from_raw_parts_mut(self.data.add(at), free) };
-        let n = f(span);
-        assert!(n <= free, "wrote past the free span");
-        if n > 0 {
-            self.tail.store(tail + n as u64, Ordering::Release);
-        }
-        n
+        self.write_after(self.tail.load(Ordering::Relaxed), src).unwrap_or(0)
     }
 
     /// Consumer keeping its own head (a side that does not trust the shared copy): the bytes
@@ -366,29 +326,34 @@ impl Ring<'_> {
         self.tail.load(Ordering::Acquire)
     }
 
+    /// Copies `len` (at most a ring) bytes from position `pos` to `dst`.
+    ///
+    /// # Safety
+    /// `dst` must be valid for `len` bytes of writes and must not point into this ring.
+    unsafe fn copy_to(&self, pos: u64, dst: *mut u8, len: usize) {
+        assert!(len <= self.cap, "copy of more than a ring");
+        let at = pos as usize & (self.cap - 1);
+        // SAFETY: `[at, at + len)` with `len <= cap` lies inside the double mapping, which lives
+        // as long as `self`'s region; the caller vouches for `dst`.
+        unsafe { std::ptr::copy_nonoverlapping(self.data.add(at), dst, len) };
+    }
+
     /// Consumer: copies `dst.len()` (at most a ring) bytes from position `pos` into private
     /// memory. The bytes may be changed by the producer meanwhile if it breaks the protocol;
     /// the copy is then garbage, which the caller validates as such: no reference into shared
     /// memory ever leaves this module on that side.
     pub fn copy_out(&self, pos: u64, dst: &mut [u8]) {
-        assert!(dst.len() <= self.cap, "copy of more than a ring");
-        let at = pos as usize & (self.cap - 1);
-        // SAFETY: `[at, at + len)` with `len <= cap` lies inside the double mapping, which lives
-        // as long as `self`'s region; `dst` is private memory that cannot overlap it.
-        unsafe { std::ptr::copy_nonoverlapping(self.data.add(at), dst.as_mut_ptr(), dst.len()) };
+        // SAFETY: `dst` is a private slice of exactly that length.
+        unsafe { self.copy_to(pos, dst.as_mut_ptr(), dst.len()) };
     }
 
     /// Consumer: `len` bytes from `pos` copied straight into a new shared buffer (one copy).
     pub fn arc_out(&self, pos: u64, len: usize) -> std::sync::Arc<[u8]> {
         let mut arc = std::sync::Arc::<[u8]>::new_uninit_slice(len);
         let dst = std::sync::Arc::get_mut(&mut arc).expect("just made");
-        assert!(len <= self.cap, "copy of more than a ring");
-        let at = pos as usize & (self.cap - 1);
-        // SAFETY: the source span lies inside the double mapping (`len <= cap`); the
-        // destination is the new allocation's `len` bytes, which nothing else references.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.data.add(at), dst.as_mut_ptr().cast::<u8>(), len);
-        }
+        // SAFETY: the destination is the new allocation's `len` bytes, which nothing else
+        // references.
+        unsafe { self.copy_to(pos, dst.as_mut_ptr().cast::<u8>(), len) };
         // SAFETY: every one of the `len` bytes was initialised by the copy above.
         unsafe { arc.assume_init() }
     }
@@ -439,11 +404,10 @@ impl Ring<'_> {
         Some(n)
     }
 
-    /// Consumer: bytes written and not yet consumed.
+    /// Consumer: bytes written and not yet consumed (a whole ring if the tail is impossible:
+    /// this side trusts its peer).
     pub fn readable(&self) -> usize {
-        let tail = self.tail.load(Ordering::Acquire);
-        let head = self.head.load(Ordering::Relaxed);
-        (tail.wrapping_sub(head) as usize).min(self.cap)
+        self.readable_after(self.head.load(Ordering::Relaxed)).unwrap_or(self.cap)
     }
 
     /// Consumer: the readable bytes, contiguous (the double mapping joins a wrapped span).
@@ -462,6 +426,18 @@ impl Ring<'_> {
         let head = self.head.load(Ordering::Relaxed);
         assert!(n <= self.readable(), "consume past tail");
         self.head.store(head + n as u64, Ordering::Release);
+    }
+
+    /// Consumer: copies what is readable (up to `dst.len()`) into `dst` and gives it back;
+    /// returns the count.
+    pub fn read_into(&mut self, dst: &mut [u8]) -> usize {
+        let src = self.peek();
+        let n = src.len().min(dst.len());
+        dst[..n].copy_from_slice(&src[..n]);
+        if n > 0 {
+            self.consume(n);
+        }
+        n
     }
 }
 
@@ -570,6 +546,19 @@ fn recv_handshake(sock: RawFd) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     Ok((buf, fds))
 }
 
+/// The server's reason for refusing a connection (the error inside the `io::Error` that
+/// [`ShmStream::connect`] returns then), so callers can tell it from a local failure.
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
 /// What a server's handshake message says about the region it sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Handshake {
@@ -584,7 +573,7 @@ struct Handshake {
 fn parse_handshake(msg: &[u8], fds: usize) -> io::Result<Handshake> {
     if msg.starts_with(&REFUSED) {
         let why = String::from_utf8_lossy(&msg[REFUSED.len()..]).into_owned();
-        return Err(io::Error::new(io::ErrorKind::PermissionDenied, why));
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, Refused(why)));
     }
     if msg.len() != HANDSHAKE_LEN || msg[..8] != MAGIC || fds != HANDSHAKE_FDS {
         let m = if msg.is_empty() {
@@ -637,6 +626,15 @@ pub fn signal(fd: BorrowedFd<'_>) {
     let _ = unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
 }
 
+/// The waker's side of the wake-up protocol: after progress, a full fence, then the eventfd is
+/// written only if the other side said (`waiting`) it is about to sleep.
+pub fn wake_if_waiting(waiting: &AtomicU32, fd: BorrowedFd<'_>) {
+    fence(Ordering::SeqCst);
+    if waiting.load(Ordering::Relaxed) != 0 {
+        signal(fd);
+    }
+}
+
 /// Resets an eventfd's counter (non-blocking).
 fn drain(fd: BorrowedFd<'_>) {
     let mut v: u64 = 0;
@@ -644,35 +642,27 @@ fn drain(fd: BorrowedFd<'_>) {
     let _ = unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
 }
 
-/// Waits until `wake` or `sock` is readable (or hung up), or `timeout` passes.
-/// Returns whether `sock` reported something (the peer closed, or broke protocol).
-fn wait(wake: BorrowedFd<'_>, sock: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
-    let mut fds = [
-        libc::pollfd { fd: wake.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-        libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-    ];
+/// Waits until one of `fds` (at most two) is readable or hung up, or `timeout` passes (EINTR
+/// counts as a wake-up). Returns which ones reported something.
+pub(crate) fn wait_readable(fds: &[RawFd], timeout: Duration) -> io::Result<[bool; 2]> {
+    assert!(fds.len() <= 2);
+    let mut p = [libc::pollfd { fd: -1, events: libc::POLLIN, revents: 0 }; 2];
+    for (slot, &fd) in p.iter_mut().zip(fds) {
+        slot.fd = fd;
+    }
     let ts = libc::timespec {
         tv_sec: timeout.as_secs() as libc::time_t,
         tv_nsec: timeout.subsec_nanos() as libc::c_long,
     };
-    // SAFETY: `fds` and `ts` outlive the call; no signal mask is changed.
-    let rc = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &ts, std::ptr::null()) };
+    // SAFETY: `p` and `ts` outlive the call (unused entries have fd -1, which poll ignores);
+    // no signal mask is changed.
+    let rc =
+        unsafe { libc::ppoll(p.as_mut_ptr(), fds.len() as libc::nfds_t, &ts, std::ptr::null()) };
     if rc < 0 {
         let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(e) };
+        return if e.kind() == io::ErrorKind::Interrupted { Ok([false; 2]) } else { Err(e) };
     }
-    Ok(fds[1].revents != 0)
-}
-
-/// Waits until one of `fds` has events or `timeout_ms` passes (EINTR is a wake-up).
-#[cfg(feature = "rdma")]
-pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<()> {
-    // SAFETY: `fds` is a live slice of pollfd for the call's duration.
-    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-    if rc < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    Ok([p[0].revents != 0, p[1].revents != 0])
 }
 
 /// One end of a shared-memory connection, blocking, with an optional busy-poll mode: what a
@@ -761,10 +751,7 @@ impl ShmStream {
 
     /// Wakes the peer if it said it is about to sleep.
     fn nudge(&self) {
-        fence(Ordering::SeqCst);
-        if self.flags().1.load(Ordering::Relaxed) != 0 {
-            signal(self.peer_wake.as_fd());
-        }
+        wake_if_waiting(self.flags().1, self.peer_wake.as_fd());
     }
 
     /// Writes as much of `src` as the ring has room for, without waiting.
@@ -778,12 +765,8 @@ impl ShmStream {
 
     /// Copies readable bytes into `dst` without waiting; returns the count.
     pub fn read_now(&mut self, dst: &mut [u8]) -> usize {
-        let (mut rx, _) = self.rings();
-        let src = rx.peek();
-        let n = src.len().min(dst.len());
-        dst[..n].copy_from_slice(&src[..n]);
+        let n = self.rings().0.read_into(dst);
         if n > 0 {
-            rx.consume(n);
             self.nudge();
         }
         n
@@ -793,11 +776,7 @@ impl ShmStream {
     /// closed and everything it wrote has been read. `TimedOut`: the deadline passed.
     pub fn read_until(&mut self, dst: &mut [u8], deadline: Option<Instant>) -> io::Result<usize> {
         self.wait_for(deadline, |s| s.rings().0.readable() > 0)?;
-        let n = self.read_now(dst);
-        if n == 0 {
-            return Ok(0); // the peer is gone and left nothing
-        }
-        Ok(n)
+        Ok(self.read_now(dst)) // 0: the peer is gone and left nothing
     }
 
     /// Waits until the outgoing ring has room (or the deadline passes, or the peer is gone).
@@ -849,7 +828,8 @@ impl ShmStream {
 
     /// Sleeps on the eventfd and the socket for up to `timeout`; notes a closed peer.
     fn check_peer(&mut self, timeout: Duration) -> io::Result<()> {
-        if wait(self.my_wake.as_fd(), self.sock.as_fd(), timeout)? {
+        let fds = [self.my_wake.as_raw_fd(), self.sock.as_raw_fd()];
+        if wait_readable(&fds, timeout)?[1] {
             let mut b = [0u8; 64];
             // The socket carries nothing after the handshake: readable means closed (0) or a
             // peer breaking the protocol; either way the connection is over.

@@ -30,7 +30,6 @@ pub mod verbs;
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs};
-use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -150,7 +149,7 @@ impl Link {
         id.set_token(token);
         id.create_qp(pd, cq, QpCaps { send_wr: SEND_WR, recv_wr: RECV_WR })?;
         for _ in 0..RECV_WR {
-            id.post_recv(token << 8 | KIND_RECV)?;
+            id.post_recv(wr_id(token, KIND_RECV))?;
         }
         Ok(Link {
             id,
@@ -213,7 +212,7 @@ impl Link {
                     let head = &ctrl.s2c_head.0;
                     head.store(widen(head.load(Ordering::Relaxed), imm), Ordering::Release);
                 }
-                if let Err(e) = self.id.post_recv(self.token << 8 | KIND_RECV) {
+                if let Err(e) = self.id.post_recv(self.wr(KIND_RECV)) {
                     self.broken.get_or_insert_with(|| e.to_string());
                 }
             }
@@ -279,8 +278,13 @@ impl Link {
     }
 
     fn wr(&self, kind: u64) -> u64 {
-        self.token << 8 | kind
+        wr_id(self.token, kind)
     }
+}
+
+/// A work request id: the link's token, and the kind of request in the low byte.
+fn wr_id(token: u64, kind: u64) -> u64 {
+    token << 8 | kind
 }
 
 /// Parses `host:port` to an IPv4 address (rdma_cm over RoCE here speaks IPv4).
@@ -306,16 +310,8 @@ fn next_event(ch: &EventChannel, timeout: Duration) -> io::Result<verbs::CmEvent
         if left.is_zero() {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "no rdma_cm event in time"));
         }
-        poll_fds(&[ch.fd()], left)?;
+        crate::shm::wait_readable(&[ch.fd()], left)?;
     }
-}
-
-/// Waits until one of `fds` is readable or `timeout` passes.
-fn poll_fds(fds: &[RawFd], timeout: Duration) -> io::Result<()> {
-    let mut p: Vec<libc::pollfd> =
-        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
-    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
-    crate::shm::poll(&mut p, ms)
 }
 
 fn expect(ev: verbs::CmEvent, want: EventKind, step: &str) -> io::Result<verbs::CmEvent> {
@@ -480,13 +476,8 @@ impl RdmaStream {
     /// Copies received bytes into `dst` without waiting; returns the count.
     pub fn read_now(&mut self, dst: &mut [u8]) -> io::Result<usize> {
         let _ = self.progress();
-        let region = self.link.region.clone();
-        let mut rx = region.c2s();
-        let src = rx.peek();
-        let n = src.len().min(dst.len());
-        dst[..n].copy_from_slice(&src[..n]);
+        let n = self.link.region.c2s().read_into(dst);
         if n > 0 {
-            rx.consume(n);
             self.link.credit()?;
         }
         Ok(n)
@@ -537,7 +528,7 @@ impl RdmaStream {
                 continue;
             }
             let slice = deadline.map_or(WAIT_SLICE, |d| d.saturating_duration_since(now));
-            poll_fds(&[self.cq.fd(), self.ch.fd()], slice.min(WAIT_SLICE))?;
+            crate::shm::wait_readable(&[self.cq.fd(), self.ch.fd()], slice.min(WAIT_SLICE))?;
             self.cq.drain_events();
             self.check_events()?;
         }

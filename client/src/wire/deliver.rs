@@ -19,6 +19,25 @@ use super::record::RecordView;
 use super::{begin_frame, end_frame, DecodeError, Opcode, Reader};
 
 pub const ENTRY_HEADER_LEN: usize = 16;
+/// Bytes of the body before the first entry: id and count.
+pub const BODY_HEADER_LEN: usize = 8;
+
+/// An entry's header: tag, delivery count, flags, reserved.
+pub fn entry_header(tag: u64, delivery_count: u32, flags: u16) -> [u8; ENTRY_HEADER_LEN] {
+    let mut b = [0u8; ENTRY_HEADER_LEN];
+    b[0..8].copy_from_slice(&tag.to_le_bytes());
+    b[8..12].copy_from_slice(&delivery_count.to_le_bytes());
+    b[12..14].copy_from_slice(&flags.to_le_bytes());
+    b
+}
+
+/// The body's first bytes: subscription or consumer id, entry count.
+pub fn body_header(id: u32, count: u32) -> [u8; BODY_HEADER_LEN] {
+    let mut b = [0u8; BODY_HEADER_LEN];
+    b[0..4].copy_from_slice(&id.to_le_bytes());
+    b[4..8].copy_from_slice(&count.to_le_bytes());
+    b
+}
 pub const FLAG_REDELIVERED: u16 = 0x1;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,8 +113,7 @@ pub struct DeliverWriter {
 impl DeliverWriter {
     pub fn begin(out: &mut Vec<u8>, id: u32) -> Self {
         let frame_at = begin_frame(out, Opcode::Deliver, 0, 0);
-        out.extend_from_slice(&id.to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&body_header(id, 0));
         DeliverWriter { frame_at, count: 0 }
     }
 
@@ -108,10 +126,7 @@ impl DeliverWriter {
         flags: u16,
         record: &[u8],
     ) {
-        out.extend_from_slice(&tag.to_le_bytes());
-        out.extend_from_slice(&delivery_count.to_le_bytes());
-        out.extend_from_slice(&flags.to_le_bytes());
-        out.extend_from_slice(&0u16.to_le_bytes());
+        out.extend_from_slice(&entry_header(tag, delivery_count, flags));
         out.extend_from_slice(record);
         self.count += 1;
     }

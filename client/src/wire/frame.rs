@@ -106,11 +106,18 @@ impl Opcode {
 
 impl FrameHeader {
     pub fn put(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.length.to_le_bytes());
-        out.push(self.opcode);
-        out.push(self.flags);
-        out.extend_from_slice(&self.reserved.to_le_bytes());
-        out.extend_from_slice(&self.request_id.to_le_bytes());
+        out.extend_from_slice(&self.to_bytes());
+    }
+
+    /// The header's 16 bytes, for writers that encode in place.
+    pub fn to_bytes(&self) -> [u8; FRAME_HEADER_LEN] {
+        let mut b = [0u8; FRAME_HEADER_LEN];
+        b[0..4].copy_from_slice(&self.length.to_le_bytes());
+        b[4] = self.opcode;
+        b[5] = self.flags;
+        b[6..8].copy_from_slice(&self.reserved.to_le_bytes());
+        b[8..16].copy_from_slice(&self.request_id.to_le_bytes());
+        b
     }
 
     /// Reads a header from the first 16 bytes of `buf`, checking the length bound and the
