@@ -91,8 +91,9 @@ pub struct Config {
     /// Bytes per journal segment file before a new one starts; settled segments are deleted
     /// whole, so smaller segments return disk space sooner, larger ones mean fewer files.
     pub segment_bytes: u64,
-    /// Bytes of each shard's journal write ring (2 MiB huge pages when reserved): bounds the
-    /// data written but not yet handed to the disk; a publish that finds it full is refused.
+    /// Bytes of each shard's message memory (2 MiB chunks, huge pages when reserved), which
+    /// received batches are copied into once, kept in, written to journals from and delivered
+    /// from; also the bound on journal bytes not yet written (a publish past it is refused).
     pub journal_ring_bytes: usize,
     /// A group commit waits at most this long after its first write before syncing, to gather
     /// more writes into one fdatasync (0: sync as soon as no other sync is in flight, which

@@ -19,6 +19,7 @@ use crate::broker::store::{MemoryStore, Store};
 use crate::event::{ReplyKind, ReplyTo};
 use crate::journal::format::{queue_dir_name, queue_name_from_dir, QueueMeta};
 use crate::journal::{self, Journal, JournalStore};
+use crate::metrics;
 use crate::shard::Shard;
 
 /// A confirm waiting for its messages to become durable.
@@ -67,10 +68,10 @@ impl Shard {
                 std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                 write_meta(&dir, &meta_of(name, &opts, &[]))?;
                 journal::sync_dir(&self.queues_root()).map_err(|e| e.to_string())?;
-                let ring = self.journal_ring.clone();
+                let backlog = self.journal_backlog.clone();
                 let seg = self.cfg.segment_bytes;
-                let mut j =
-                    Journal::open(&dir, durability, seg, ring, Vec::new(), 0).map_err(|e| e.0)?;
+                let mut j = Journal::open(&dir, durability, seg, backlog, Vec::new(), 0)
+                    .map_err(|e| e.0)?;
                 j.set_group_commit(self.group_commit());
                 Box::new(JournalStore(self.register_journal(name, j)))
             }
@@ -139,10 +140,10 @@ impl Shard {
         let r = journal::recover(&dir)?;
         let opts = options_of(&r.meta)?;
         let durability = opts.durability;
-        let ring = self.journal_ring.clone();
+        let backlog = self.journal_backlog.clone();
         let seg = self.cfg.segment_bytes;
-        let mut j =
-            Journal::open(&dir, durability, seg, ring, r.segments, r.next_seq).map_err(|e| e.0)?;
+        let mut j = Journal::open(&dir, durability, seg, backlog, r.segments, r.next_seq)
+            .map_err(|e| e.0)?;
         if let Some(why) = r.corrupt {
             j.refuse(why);
         }
@@ -197,6 +198,7 @@ impl Shard {
             {
                 let mut jb = j.borrow_mut();
                 jb.flush_acks();
+                metrics::add(&self.metrics.copy_journal_bytes, std::mem::take(&mut jb.copied));
                 while let Some(w) = jb.next_write() {
                     self.submit_journal_write(w, id as u32);
                 }

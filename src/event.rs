@@ -5,6 +5,7 @@
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
+use crate::arena::Bytes;
 use crate::broker::queue::{Delivered, QMsg, QueueOptions, Settle};
 use crate::broker::SubKey;
 
@@ -45,7 +46,7 @@ pub enum Event {
         reply: Option<ReplyTo>,
         confirm: bool,
         queue: Arc<str>,
-        batch: Arc<[u8]>,
+        batch: Bytes,
         count: u32,
         /// A copy into a bound queue: if the queue is full the copy is dropped (counted in
         /// `topic_dropped`) and the topic publish still succeeds.
@@ -123,7 +124,7 @@ pub enum Event {
         key: SubKey,
         /// The topic published to (a gateway names it in each message; the native DELIVER does not).
         topic: Arc<str>,
-        batch: Arc<[u8]>,
+        batch: Bytes,
         spans: Arc<[(u32, u32)]>,
     },
     Reply {

@@ -16,6 +16,7 @@ use rdmq_client::wire::publish::{DestKind, Publish};
 use rdmq_client::wire::record::BatchView;
 use rdmq_client::wire::{self, Command, FrameHeader, PROTOCOL_VERSION};
 
+use crate::arena::Bytes;
 use crate::broker::pattern;
 use crate::broker::queue::{Delivered, QMsg, Queue, QueueOptions, SeekTo, Settle};
 use crate::broker::{MsgRef, SubKey};
@@ -228,7 +229,7 @@ impl Shard {
     fn on_publish(&mut self, reply: ReplyTo, confirm: bool, body: &[u8], p: Publish<'_>) {
         match p.kind {
             DestKind::Queue => {
-                let batch: Arc<[u8]> = Arc::from(&body[p.batch_offset..]);
+                let batch = self.arena.copy(&body[p.batch_offset..]);
                 metrics::add(&self.metrics.copy_in_bytes, batch.len() as u64);
                 self.publish_batch(reply, confirm, p.kind, p.name, batch, p.batch.count);
             }
@@ -247,7 +248,7 @@ impl Shard {
         confirm: bool,
         kind: DestKind,
         name: &str,
-        batch: Arc<[u8]>,
+        batch: Bytes,
         count: u32,
     ) {
         metrics::add(&self.metrics.published, count as u64);
@@ -271,7 +272,7 @@ impl Shard {
         name: &str,
         batch: &[u8],
         count: u32,
-        shared: Option<&Arc<[u8]>>,
+        shared: Option<&Bytes>,
     ) {
         if let Err(e) = pattern::validate_topic(name) {
             return self.reply(reply, err(code::INVALID_ARGUMENT, e.0));
@@ -286,9 +287,9 @@ impl Shard {
         self.subscriptions.for_each_match(name, |k| targets.push(k));
         if !targets.is_empty() {
             let topic: Arc<str> = name.into();
-            let shared: Arc<[u8]> = shared.cloned().unwrap_or_else(|| {
+            let shared: Bytes = shared.cloned().unwrap_or_else(|| {
                 metrics::add(&self.metrics.copy_in_bytes, batch.len() as u64);
-                Arc::from(batch)
+                self.arena.copy(batch)
             });
             let spans: Arc<[(u32, u32)]> = BatchView::trusted(batch)
                 .records()
@@ -452,7 +453,7 @@ impl Shard {
         queues.dedup();
         // A queue does not keep the topic a message was published to; put it in a header, so a
         // durable subscriber (and a gateway's persistent session) can say where it came from.
-        let batch: Arc<[u8]> = stamp_topic(batch, topic).into();
+        let batch = Bytes::from(stamp_topic(batch, topic));
         metrics::add(&self.metrics.copy_in_bytes, batch.len() as u64);
         let n = queues.len();
         for queue in queues {
@@ -592,12 +593,8 @@ pub fn apply(s: &mut Shard, ev: Event) {
             let recs = BatchView::trusted(&batch)
                 .records()
                 .map(|(at, r)| (at as u32, r.bytes.len() as u32, r.header.ttl_ms));
-            let journalled = q.durability() != rdmq_client::Durability::Memory;
             let result = q.publish(&batch, recs, count, now);
             let durable = q.durable_position();
-            if journalled && result.is_ok() {
-                metrics::add(&s.metrics.copy_journal_bytes, batch.len() as u64);
-            }
             s.mark_queue_dirty(&queue);
             // Errors go to whoever asked; confirms only to publishers that want them.
             match (result, reply.filter(|_| confirm)) {

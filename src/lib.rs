@@ -6,6 +6,7 @@
 //! `docs/ARCHITECTURE.md` for the glossary and the threads each part runs on.
 #![deny(unsafe_code)]
 
+pub mod arena;
 pub mod broker;
 pub mod config;
 mod conn;

@@ -28,8 +28,9 @@ metrics! {
     topic_dropped: "Topic messages dropped for slow subscribers (drop_oldest policy).",
     slow_disconnects: "Subscribers disconnected for being slow (disconnect policy).",
     ring_bytes_out: "Bytes written into shared-memory and RDMA clients' rings.",
-    copy_in_bytes: "Bytes the server copied out of what it received into memory it keeps: a socket's bytes into its reassembly buffer (TCP, gateways), a published batch into the shared buffer its records live in (every transport).",
-    copy_journal_bytes: "Bytes copied into a journal write ring (flush and fsync queues).",
+    copy_in_bytes: "Bytes the server copied out of what it received into memory it keeps: a socket's bytes into its reassembly buffer (TCP, gateways), a published batch into the shard's message memory its records then live in (every transport).",
+    arena_heap_bytes: "Published bytes kept on the heap instead of the shards' huge-page message memory (batches over 512 KiB, or every 2 MiB chunk still held by unconsumed messages).",
+    copy_journal_bytes: "Record bytes a journal copied (only dead letters gathered from many batches; published batches are written from where they were received).",
     copy_deliver_bytes: "Record bytes copied into DELIVER frames (native protocol): into a connection's output buffer, or straight into a shm or RDMA client's ring.",
     mailbox_full: "Times a shard found a peer's mailbox full and kept the batch for the next pass.",
 }

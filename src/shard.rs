@@ -8,7 +8,7 @@
 //! completion, an eventfd wake-up from another shard, or the housekeeping tick.
 //!
 //! `unsafe` is allowed here only for the operations whose memory the shard leases to the
-//! kernel: a connection's send buffer, the eventfd read target and journal ring spans.
+//! kernel: a connection's send buffer, the eventfd read target and journal writes' iovecs.
 #![allow(unsafe_code)]
 
 use std::collections::VecDeque;
@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap;
 
-use std::cell::RefCell;
 use std::rc::Rc;
 
+use crate::arena::{Arena, Bytes};
 use crate::broker::queue::{Dispatch, Queue};
 use crate::broker::topic::SubscriptionTable;
 use crate::broker::{owner_shard, MsgRef, SubKey};
@@ -29,8 +29,7 @@ use crate::config::Config;
 use crate::conn::Conn;
 use crate::durable::{Held, JournalEntry};
 use crate::event::{Event, ReplyKind, ReplyTo};
-use crate::journal::ring::Ring;
-use crate::journal::WriteReq;
+use crate::journal::{Backlog, WriteReq};
 use crate::mailbox::{Receiver, Sender};
 use crate::metrics::{self, Metrics};
 use crate::sys;
@@ -125,8 +124,12 @@ pub struct Shard {
     /// Dropped once used, so a start-up waiting for shards never waits on a dead one.
     ready: Option<std::sync::mpsc::Sender<u16>>,
     dirty_queues: Vec<Arc<str>>,
-    /// The journal write ring shared by this shard's durable queues.
-    pub journal_ring: Rc<RefCell<Ring>>,
+    /// Where received batches are copied, once: queues keep them there, journals write them
+    /// from there, deliveries are encoded from there. Declared after `ring`, so the io_uring
+    /// (and any write still reading this memory) goes first.
+    pub arena: Arena,
+    /// Bytes appended to this shard's journals and not yet written.
+    pub journal_backlog: Rc<Backlog>,
     /// Journals by id (the id travels in completion user data).
     pub journals: Vec<Option<JournalEntry>>,
     /// Publish confirms waiting for their queue's durable position, per queue in order.
@@ -182,7 +185,7 @@ impl Shard {
         Ok(Shard {
             id: init.id,
             shards: n,
-            metrics: init.metrics,
+            metrics: init.metrics.clone(),
             ring,
             listener: init.listener,
             stomp_listener: init.stomp_listener,
@@ -203,7 +206,8 @@ impl Shard {
             dirty_conns: Vec::new(),
             queues: FxHashMap::default(),
             dirty_queues: Vec::new(),
-            journal_ring: Rc::new(RefCell::new(Ring::new(cfg.journal_ring_bytes)?)),
+            arena: Arena::new(cfg.journal_ring_bytes)?.with_metrics(init.metrics.clone()),
+            journal_backlog: Backlog::new(cfg.journal_ring_bytes as u64),
             journals: Vec::new(),
             held: FxHashMap::default(),
             subscriptions: SubscriptionTable::default(),
@@ -387,12 +391,11 @@ impl Shard {
     }
 
     pub fn submit_journal_write(&mut self, w: WriteReq, journal: u32) {
-        let ring = self.journal_ring.borrow();
-        let buf = ring.bytes(w.claim);
         let ud = user_data(op::JOURNAL_WRITE, w.tag, journal);
-        // SAFETY: the claim is leased to this write: the journal releases it only in
-        // `write_done`, on this write's completion, and the ring outlives the io_uring.
-        unsafe { self.ring.write_at(w.fd, buf, w.offset, ud) };
+        // SAFETY: the journal keeps the iovecs and the memory they describe (handles into it)
+        // until `write_done`, on this write's completion; a journal with writes in flight is
+        // never dropped (`drive_journals`), and the shard drops its io_uring first.
+        unsafe { self.ring.writev_at(w.fd, w.iov, w.iov_len, w.offset, ud) };
     }
 
     pub fn submit_journal_sync(&mut self, fd: RawFd, journal: u32) {
@@ -849,7 +852,7 @@ impl Shard {
         &mut self,
         key: SubKey,
         topic: &Arc<str>,
-        batch: &Arc<[u8]>,
+        batch: &Bytes,
         spans: &[(u32, u32)],
     ) {
         let max = self.cfg.subscriber_buffer_max;

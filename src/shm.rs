@@ -165,7 +165,8 @@ impl Shard {
             let msg = "expected HELLO as the first frame, got PUBLISH";
             return fatal(self, slot, code::PROTOCOL_ERROR, msg);
         }
-        let batch = rx.arc_out(body_at + batch_offset as u64, len - batch_offset);
+        let at = body_at + batch_offset as u64;
+        let batch = self.arena.fill(len - batch_offset, |dst| rx.copy_out(at, dst));
         metrics::add(&self.metrics.copy_in_bytes, batch.len() as u64);
         let count = match BatchView::decode(&batch) {
             Ok(view) => view.count,

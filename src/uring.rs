@@ -132,13 +132,20 @@ impl Uring {
         self.push(e.user_data(user_data));
     }
 
-    /// Writes `buf` to `fd` at `offset` (a journal segment).
+    /// Writes the `iov_len` buffers described at `iov` to `fd` at `offset` (a journal segment).
     ///
     /// # Safety
-    /// `buf` must stay allocated and unmodified until the completion with `user_data` is reaped.
-    pub unsafe fn write_at(&mut self, fd: RawFd, buf: &[u8], offset: u64, user_data: u64) {
-        let len = u32::try_from(buf.len()).expect("journal writes are below 4 GiB");
-        let e = opcode::Write::new(Fd(fd), buf.as_ptr(), len).offset(offset).build();
+    /// The iovecs and the memory they describe must stay allocated and unmodified until the
+    /// completion with `user_data` is reaped.
+    pub unsafe fn writev_at(
+        &mut self,
+        fd: RawFd,
+        iov: *const libc::iovec,
+        iov_len: u32,
+        offset: u64,
+        user_data: u64,
+    ) {
+        let e = opcode::Writev::new(Fd(fd), iov, iov_len).offset(offset).build();
         self.push(e.user_data(user_data));
     }
 

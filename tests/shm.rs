@@ -288,22 +288,21 @@ fn other_users_are_refused_unless_allowed() {
 }
 
 /// The copies the server makes of a message over shared memory, from its own counters: the
-/// batch once into the memory the queue keeps (no reassembly buffer), each record once straight
-/// into the consumer's ring (nothing through the output buffer), none into a journal for a
-/// memory queue. Over TCP the same run copies every byte in twice (reassembly, then the batch).
+/// batch once into the shard's message memory (no reassembly buffer), each record once
+/// straight into the consumer's ring (nothing through the output buffer), and none into the
+/// journal, for a memory queue and for an `fsync` one alike: the journal writes the segment
+/// file from the same memory. Over TCP the same run copies every byte in twice (reassembly,
+/// then the batch).
 #[test]
 fn payload_copies_over_shm_are_one_in_and_one_out() {
     const N: usize = 1_000;
     const PAYLOAD: usize = 200;
     const RECORD: usize = 40 + PAYLOAD; // fixed record part + payload (no headers)
-    let copies = |url_of: fn(&Server) -> String| {
+    let copies = |url_of: fn(&Server) -> String, durability| {
         let mut server = Server::start(1);
         let url = url_of(&server);
         let conn = server.connect_url(&url);
-        let opts = rdmq_client::QueueOptions {
-            durability: rdmq_client::Durability::Memory,
-            ..Default::default()
-        };
+        let opts = rdmq_client::QueueOptions { durability, ..Default::default() };
         conn.declare_queue("copies", &opts).unwrap();
         let mut c = conn.consume("copies", N as u32).unwrap();
         let mut p = conn.queue_producer("copies");
@@ -327,15 +326,18 @@ fn payload_copies_over_shm_are_one_in_and_one_out() {
             get("copy_journal_bytes"),
         )
     };
-    let (cin, deliver, ring_out, journal) = copies(|s| s.shm_url.clone());
-    assert!(
-        (N * RECORD..=N * (RECORD + 24)).contains(&cin),
-        "in: {cin} for {N} records of {RECORD} B"
-    );
-    assert_eq!(deliver, N * RECORD, "each record copied once on the way out");
-    assert!(ring_out < 4096, "deliveries went through the output buffer: {ring_out} B");
-    assert_eq!(journal, 0, "a memory queue writes no journal");
-    let (tcp_in, tcp_deliver, _, _) = copies(|s| s.url.clone());
+    use rdmq_client::Durability;
+    for durability in [Durability::Memory, Durability::Fsync] {
+        let (cin, deliver, ring_out, journal) = copies(|s| s.shm_url.clone(), durability);
+        assert!(
+            (N * RECORD..=N * (RECORD + 24)).contains(&cin),
+            "{durability:?} in: {cin} for {N} records of {RECORD} B"
+        );
+        assert_eq!(deliver, N * RECORD, "each record copied once on the way out");
+        assert!(ring_out < 4096, "deliveries went through the output buffer: {ring_out} B");
+        assert_eq!(journal, 0, "{durability:?}: the journal copied {journal} B");
+    }
+    let (tcp_in, tcp_deliver, _, _) = copies(|s| s.url.clone(), Durability::Memory);
     assert!(tcp_in >= 2 * N * RECORD, "TCP copies in twice (inbuf, then the batch): {tcp_in}");
     assert_eq!(tcp_deliver, N * RECORD);
 }

@@ -10,7 +10,7 @@ const UNSAFE_ALLOWED: &[&str] = &[
     "src/uring.rs",             // io_uring submissions and the provided-buffer ring
     "src/mailbox.rs",           // the SPSC ring between shard threads
     "src/shard.rs", // leases a connection's send buffer and the eventfd target to the kernel
-    "src/journal/ring.rs", // maps the journal's huge-page write ring
+    "src/arena.rs", // maps the shards' huge-page message memory
     "client/src/shm.rs", // shared-memory rings: memfd, mmap, SCM_RIGHTS, eventfd, ppoll
     "client/src/rdma/verbs.rs", // every libibverbs and librdmacm call
 ];

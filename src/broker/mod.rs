@@ -9,7 +9,7 @@ pub mod queue;
 pub mod store;
 pub mod topic;
 
-use std::sync::Arc;
+use crate::arena::Bytes;
 
 /// Identifies one consumer or subscription anywhere in the server: the shard and connection slot
 /// that own it, the slot's generation (so a reused slot never receives a stale delivery) and the
@@ -26,7 +26,7 @@ pub struct SubKey {
 /// are kept exactly as they arrived, so delivery copies the record without re-encoding.
 #[derive(Debug, Clone)]
 pub struct MsgRef {
-    pub batch: Arc<[u8]>,
+    pub batch: Bytes,
     pub offset: u32,
     pub len: u32,
 }

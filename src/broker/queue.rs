@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use super::store::{Store, StoreError};
 use super::{MsgRef, SubKey};
+use crate::arena::Bytes;
 use rdmq_client::Durability;
 
 /// Options fixed when the queue is declared.
@@ -115,8 +116,8 @@ pub struct QueueStats {
     pub refused_full: u64,
 }
 
-/// Bytes of dead letters handed to the store at once: below half of the default journal ring
-/// (64 MiB); a smaller ring refuses larger chunks, which are then dropped with a log line.
+/// Bytes of dead letters handed to the store at once: well below the default journal write
+/// backlog (64 MiB); a smaller backlog may refuse a chunk, which is then dropped with a log line.
 const DEAD_LETTER_CHUNK_BYTES: u64 = 4 << 20;
 
 /// The producer's timestamp of a stored record.
@@ -194,7 +195,7 @@ impl Queue {
     /// Returns the first sequence assigned and the count.
     pub fn publish(
         &mut self,
-        batch: &Arc<[u8]>,
+        batch: &Bytes,
         records: impl Iterator<Item = (u32, u32, u32)>,
         count: u32,
         now_ms: u64,
@@ -220,8 +221,8 @@ impl Queue {
             self.next_seq += 1;
         }
         assert_eq!(self.next_seq - first, count as u64, "record count disagrees with batch header");
-        let mut stored = self.ready.range(start..).map(|m| m.rec.bytes());
-        if let Err(e) = self.store.append(first, incoming as usize, &mut stored) {
+        let mut stored = self.ready.range(start..).map(|m| &m.rec);
+        if let Err(e) = self.store.append(first, &mut stored) {
             // Nothing confirmed: take the batch back out.
             let removed: u64 = self.ready.range(start..).map(|m| m.rec.len as u64).sum();
             self.bytes -= removed;
@@ -316,8 +317,8 @@ impl Queue {
                 self.ready.push_back(QMsg { seq: self.next_seq, deliveries: 0, ..m });
                 self.next_seq += 1;
             }
-            let mut stored = self.ready.range(start..).map(|m| m.rec.bytes());
-            if let Err(e) = self.store.append(first, chunk_bytes as usize, &mut stored) {
+            let mut stored = self.ready.range(start..).map(|m| &m.rec);
+            if let Err(e) = self.store.append(first, &mut stored) {
                 // Already settled where they came from: nothing confirmed is lost, but say so.
                 eprintln!(
                     "rdmq: dead-letter queue {}: dropped {n} dead letters: {}",
@@ -639,7 +640,7 @@ mod tests {
             b.push(&mut buf, &meta, i.to_string().as_bytes());
         }
         b.finish(&mut buf);
-        let batch: Arc<[u8]> = buf.into();
+        let batch = Bytes::from(buf);
         let view = BatchView::decode(&batch).unwrap();
         let recs: Vec<_> = view
             .records()

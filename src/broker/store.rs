@@ -7,18 +7,19 @@
 
 use rdmq_client::Durability;
 
+use super::MsgRef;
+
 /// What the store could not do, as a message for the publisher.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreError(pub String);
 
 pub trait Store {
-    /// Stores `records` (each a whole record as published, `bytes` in all) starting at
-    /// sequence `first_seq`.
+    /// Stores `records` (each a whole record as published, in the memory it was received
+    /// into) starting at sequence `first_seq`.
     fn append(
         &mut self,
         first_seq: u64,
-        bytes: usize,
-        records: &mut dyn Iterator<Item = &[u8]>,
+        records: &mut dyn Iterator<Item = &MsgRef>,
     ) -> Result<(), StoreError>;
     /// Records that sequence `seq` was acknowledged (or dead-lettered) and may be reclaimed.
     fn settle(&mut self, seq: u64);
@@ -39,8 +40,7 @@ impl Store for MemoryStore {
     fn append(
         &mut self,
         first_seq: u64,
-        _bytes: usize,
-        records: &mut dyn Iterator<Item = &[u8]>,
+        records: &mut dyn Iterator<Item = &MsgRef>,
     ) -> Result<(), StoreError> {
         self.next = first_seq + records.count() as u64;
         Ok(())

@@ -402,7 +402,7 @@ impl SpawnedServer {
 struct ServerCopies {
     /// Bytes copied out of received data into memory the server keeps, per message published.
     in_per_msg: f64,
-    /// Bytes copied into a journal write ring, per message published.
+    /// Bytes a journal copied to write them, per message published.
     journal_per_msg: f64,
     /// Record bytes copied into DELIVER frames in an output buffer, per message delivered.
     deliver_per_msg: f64,

@@ -1,13 +1,17 @@
 //! Durable queue storage: one journal per `flush` or `fsync` queue, on the shard that owns the
 //! queue.
 //!
-//! Write path: `append` claims space in the shard's huge-page [`ring::Ring`], lays the records
-//! out there as one record batch (wire layout, checksummed, `base_seq` stamped) and queues the
-//! span. The shard loop then writes queued spans to the current segment file through io_uring
-//! (up to `WRITES_IN_FLIGHT` per journal, adjacent spans merged) and, for `fsync` queues, syncs with
+//! Write path: the records a queue appends already live in the shard's huge-page message
+//! memory ([`crate::arena`]), copied there once when they arrived. `append` builds the batch
+//! header for them (wire layout, `base_seq` stamped, CRC32C over the records where they lie)
+//! and queues header and record spans as one write. The shard loop then writes queued spans to
+//! the current segment file with `writev` through io_uring, straight from that memory (up to
+//! `WRITES_IN_FLIGHT` per journal, adjacent writes merged) and, for `fsync` queues, syncs with
 //! `fdatasync` through io_uring, one sync in flight per journal: everything written while a sync
 //! runs shares the next one (group commit). Positions only grow:
 //! `durable <= written <= appended`. A publish is confirmed only once `durable` covers it.
+//! Bytes appended and not yet written are bounded per shard ([`Backlog`]): a disk slower than
+//! the publishers refuses publishes rather than growing memory.
 //!
 //! Acknowledgements are appended to `acks.log` with a plain `write(2)` at the end of the pass
 //! that settled them, before the pass sends any reply, so a reply the client sees after its acks
@@ -18,9 +22,8 @@
 
 pub mod format;
 pub mod recovery;
-pub mod ring;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
@@ -31,28 +34,42 @@ use std::rc::Rc;
 use rdmq_client::wire::record::{set_base_seq, BATCH_HEADER_LEN, CRC_START};
 use rdmq_client::Durability;
 
+use crate::arena::Bytes;
 use crate::broker::store::{Store, StoreError};
+use crate::broker::MsgRef;
 
 use format::segment_name;
 pub use recovery::{recover, Recovered};
-use ring::{Claim, Ring};
 
-/// One queued or in-flight write: a ring span bound for a file offset.
+/// One queued or in-flight write: spans of memory bound for a file offset.
 #[derive(Debug, Clone)]
 struct Pending {
-    /// The span to write: one claim, or several adjacent ones merged (released as one span).
-    claim: Claim,
+    /// Batch headers and the record bytes after each, in file order.
+    spans: Vec<Bytes>,
+    len: u64,
     file: Rc<File>,
     offset: u64,
-    /// Sequence just past the last record in this span.
+    /// Sequence just past the last record in this write.
     end_seq: u64,
 }
 
-/// A write the shard should submit: `len` bytes of the ring at `claim` to `fd` at `offset`.
+/// A write handed to the kernel: the pending write and the iovecs describing it, which must
+/// stay where they are until the completion.
+struct InFlight {
+    tag: u32,
+    p: Pending,
+    /// Read by the kernel only, through the pointer in the `WriteReq`.
+    _iov: Box<[libc::iovec]>,
+    done: bool,
+}
+
+/// A write the shard should submit: `iov_len` iovecs at `iov` (`len` bytes) to `fd` at `offset`.
 #[derive(Debug, Clone, Copy)]
 pub struct WriteReq {
     pub fd: RawFd,
-    pub claim: Claim,
+    pub iov: *const libc::iovec,
+    pub iov_len: u32,
+    pub len: u64,
     pub offset: u64,
     /// Identifies the write in its completion (24 bits travel in the user data).
     pub tag: u32,
@@ -62,12 +79,46 @@ pub struct WriteReq {
 /// few enough that a failing disk is noticed after little more is queued.
 pub const WRITES_IN_FLIGHT: usize = 8;
 const WRITE_TAG_MASK: u32 = 0xFF_FFFF;
+/// Iovecs in one `writev` (the kernel takes up to 1024); merging stops here.
+const IOV_PER_WRITE: usize = 256;
+/// A batch whose records lie in more separate spans than this (dead letters gathered from
+/// many batches) is copied into one buffer instead.
+const SPANS_PER_BATCH: usize = 64;
+
+/// Bytes appended to a shard's journals and not yet written, shared by them and bounded.
+#[derive(Debug)]
+pub struct Backlog {
+    used: Cell<u64>,
+    max: u64,
+}
+
+impl Backlog {
+    pub fn new(max: u64) -> Rc<Backlog> {
+        Rc::new(Backlog { used: Cell::new(0), max })
+    }
+
+    fn take(&self, n: u64) -> bool {
+        let ok = self.used.get() + n <= self.max;
+        if ok {
+            self.used.set(self.used.get() + n);
+        }
+        ok
+    }
+
+    fn give_back(&self, n: u64) {
+        self.used.set(self.used.get() - n);
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.get()
+    }
+}
 
 pub struct Journal {
     dir: PathBuf,
     durability: Durability,
     segment_bytes: u64,
-    ring: Rc<RefCell<Ring>>,
+    backlog: Rc<Backlog>,
     /// The segment appended to: file, first sequence, bytes so far.
     segment: Rc<File>,
     segment_len: u64,
@@ -79,7 +130,7 @@ pub struct Journal {
     queued: std::collections::VecDeque<Pending>,
     /// Writes handed to the kernel, in submission order, each with its tag and whether it has
     /// completed; `written` advances over the completed prefix only.
-    in_flight: std::collections::VecDeque<(u32, Pending, bool)>,
+    in_flight: std::collections::VecDeque<InFlight>,
     next_tag: u32,
     /// Files written since their last sync.
     unsynced: Vec<Rc<File>>,
@@ -95,6 +146,9 @@ pub struct Journal {
     /// Bytes written into the open group, and when (shard clock, µs) the group opened.
     group_bytes: u64,
     group_since_us: Option<u64>,
+    /// Record bytes this journal copied (batches gathered from too many spans), for the
+    /// shard's copy counter to take.
+    pub copied: u64,
 }
 
 /// Bounds on one group commit (see `next_syncs`).
@@ -110,7 +164,7 @@ impl Journal {
         dir: &Path,
         durability: Durability,
         segment_bytes: u64,
-        ring: Rc<RefCell<Ring>>,
+        backlog: Rc<Backlog>,
         segments: Vec<(u64, PathBuf)>,
         next_seq: u64,
     ) -> Result<Journal, StoreError> {
@@ -142,7 +196,7 @@ impl Journal {
             dir: dir.to_path_buf(),
             durability,
             segment_bytes,
-            ring,
+            backlog,
             segment: Rc::new(segment),
             segment_len,
             segments,
@@ -162,6 +216,7 @@ impl Journal {
             group: GroupCommit::default(),
             group_bytes: 0,
             group_since_us: None,
+            copied: 0,
         })
     }
 
@@ -176,10 +231,10 @@ impl Journal {
                 self.dir.display()
             );
             self.failed = Some(what);
-            // Queued spans will never be written: give their ring space back to the shard's
-            // other journals (in-flight ones come back with their completions).
+            // Queued writes will never happen: give their backlog back to the shard's other
+            // journals (in-flight ones come back with their completions).
             for p in self.queued.drain(..) {
-                self.ring.borrow_mut().release(p.claim);
+                self.backlog.give_back(p.len);
             }
         }
     }
@@ -201,7 +256,7 @@ impl Journal {
     }
 
     /// The next write to submit, while fewer than [`WRITES_IN_FLIGHT`] are in flight: queued
-    /// spans adjacent both in the ring and in the same file go out as one write.
+    /// writes adjacent in the same file go out as one `writev`.
     pub fn next_write(&mut self) -> Option<WriteReq> {
         if self.in_flight.len() >= WRITES_IN_FLIGHT || self.failed.is_some() {
             return None;
@@ -209,29 +264,36 @@ impl Journal {
         // Writes to a new segment wait for the previous segment's: a crash then leaves at most
         // the last segment with a hole, which recovery can tell from corruption.
         let next_file = &self.queued.front()?.file;
-        if self.in_flight.back().is_some_and(|(_, p, _)| !Rc::ptr_eq(&p.file, next_file)) {
+        if self.in_flight.back().is_some_and(|w| !Rc::ptr_eq(&w.p.file, next_file)) {
             return None;
         }
         let mut p = self.queued.pop_front()?;
         while let Some(next) = self.queued.front() {
-            let ring_adjacent = next.claim.start == p.claim.start + p.claim.len as u64;
-            let file_adjacent =
-                Rc::ptr_eq(&next.file, &p.file) && next.offset == p.offset + p.claim.len as u64;
-            // Merged spans must not cross the ring's wrap (claims never do individually).
-            let cap = self.ring.borrow().capacity() as u64;
-            let same_lap =
-                (p.claim.start / cap) == ((next.claim.start + next.claim.len as u64 - 1) / cap);
-            if !(ring_adjacent && file_adjacent && same_lap) {
+            let file_adjacent = Rc::ptr_eq(&next.file, &p.file) && next.offset == p.offset + p.len;
+            if !file_adjacent || p.spans.len() + next.spans.len() > IOV_PER_WRITE {
                 break;
             }
             let next = self.queued.pop_front().expect("peeked");
-            p.claim.len += next.claim.len;
+            p.spans.extend(next.spans);
+            p.len += next.len;
             p.end_seq = next.end_seq;
         }
+        let iov: Box<[libc::iovec]> = p
+            .spans
+            .iter()
+            .map(|s| libc::iovec { iov_base: s.as_ptr() as *mut libc::c_void, iov_len: s.len() })
+            .collect();
         let tag = self.next_tag;
         self.next_tag = (self.next_tag + 1) & WRITE_TAG_MASK;
-        let req = WriteReq { fd: p.file.as_raw_fd(), claim: p.claim, offset: p.offset, tag };
-        self.in_flight.push_back((tag, p, false));
+        let req = WriteReq {
+            fd: p.file.as_raw_fd(),
+            iov: iov.as_ptr(),
+            iov_len: iov.len() as u32,
+            len: p.len,
+            offset: p.offset,
+            tag,
+        };
+        self.in_flight.push_back(InFlight { tag, p, _iov: iov, done: false });
         Some(req)
     }
 
@@ -240,35 +302,35 @@ impl Journal {
         let at = self
             .in_flight
             .iter()
-            .position(|(t, _, done)| *t == tag && !done)
+            .position(|w| w.tag == tag && !w.done)
             .expect("completion for a write in flight");
-        self.in_flight[at].2 = true;
-        let p = self.in_flight[at].1.clone();
-        self.ring.borrow_mut().release(p.claim);
+        self.in_flight[at].done = true;
+        let (len, file) = (self.in_flight[at].p.len, self.in_flight[at].p.file.clone());
+        self.backlog.give_back(len);
         if self.failed.is_some() {
             // After a failure nothing more becomes written or durable; just let go of it.
             self.in_flight.remove(at);
             return;
         }
-        if result < 0 || result as usize != p.claim.len {
+        if result < 0 || result as u64 != len {
             self.in_flight.remove(at);
             let why = if result < 0 {
                 std::io::Error::from_raw_os_error(-result).to_string()
             } else {
-                format!("short write ({result} of {} bytes; disk full?)", p.claim.len)
+                format!("short write ({result} of {len} bytes; disk full?)")
             };
             self.fail(format!("segment write failed: {why}"));
             return;
         }
         if self.durability == Durability::Fsync
-            && !self.unsynced.iter().any(|f| Rc::ptr_eq(f, &p.file))
+            && !self.unsynced.iter().any(|f| Rc::ptr_eq(f, &file))
         {
-            self.unsynced.push(p.file.clone());
+            self.unsynced.push(file);
         }
-        self.group_bytes += p.claim.len as u64;
+        self.group_bytes += len;
         // Only a completed prefix is written: a later write may land before an earlier one.
-        while let Some((_, p, true)) = self.in_flight.front() {
-            self.written = p.end_seq;
+        while let Some(w) = self.in_flight.front().filter(|w| w.done) {
+            self.written = w.p.end_seq;
             self.in_flight.pop_front();
         }
         if self.durability == Durability::Flush {
@@ -379,10 +441,9 @@ impl Store for JournalStore {
     fn append(
         &mut self,
         first_seq: u64,
-        bytes: usize,
-        records: &mut dyn Iterator<Item = &[u8]>,
+        records: &mut dyn Iterator<Item = &MsgRef>,
     ) -> Result<(), StoreError> {
-        self.0.borrow_mut().append(first_seq, bytes, records)
+        self.0.borrow_mut().append(first_seq, records)
     }
 
     fn settle(&mut self, seq: u64) {
@@ -403,44 +464,63 @@ impl Store for JournalStore {
 }
 
 impl Journal {
+    /// Queues `records` (contiguous sequences from `first_seq`) as one batch: a fresh header,
+    /// then the records where they already lie. Nothing is copied unless the records are
+    /// scattered over more than [`SPANS_PER_BATCH`] spans.
     fn append(
         &mut self,
         first_seq: u64,
-        bytes: usize,
-        records: &mut dyn Iterator<Item = &[u8]>,
+        records: &mut dyn Iterator<Item = &MsgRef>,
     ) -> Result<(), StoreError> {
         if let Some(why) = &self.failed {
             return Err(StoreError(format!("journal failed earlier: {why}")));
         }
         assert_eq!(first_seq, self.appended, "journal sequences must be contiguous");
+        // Runs of adjacent records in the same batch become one span each.
+        let mut spans: Vec<Bytes> = Vec::with_capacity(2);
+        let mut run: Option<(&Bytes, usize, usize)> = None;
+        let (mut count, mut bytes) = (0u32, 0usize);
+        for r in records {
+            let (at, len) = (r.offset as usize, r.len as usize);
+            match &mut run {
+                Some((b, _, end)) if b.same_as(&r.batch) && *end == at => *end += len,
+                _ => {
+                    if let Some((b, start, end)) = run.replace((&r.batch, at, at + len)) {
+                        spans.push(b.slice(start, end - start));
+                    }
+                }
+            }
+            count += 1;
+            bytes += len;
+        }
+        if let Some((b, start, end)) = run {
+            spans.push(b.slice(start, end - start));
+        }
         let len = BATCH_HEADER_LEN + bytes;
         self.roll_if_full(first_seq, len as u64)?;
-        let claim = self.ring.borrow_mut().claim(len).ok_or_else(|| {
-            StoreError("journal write ring is full: the disk is slower than the publishers".into())
-        })?;
-        let count = {
-            let mut ring = self.ring.borrow_mut();
-            let buf = ring.bytes_mut(claim);
-            let (mut at, mut count) = (BATCH_HEADER_LEN, 0u32);
-            for r in records {
-                buf[at..at + r.len()].copy_from_slice(r);
-                at += r.len();
-                count += 1;
-            }
-            assert_eq!(at, len, "record bytes disagree with the length given");
-            buf[0..4].copy_from_slice(&(len as u32).to_le_bytes());
-            buf[16..20].copy_from_slice(&count.to_le_bytes());
-            buf[20..24].copy_from_slice(&0u32.to_le_bytes());
-            set_base_seq(buf, first_seq);
-            let crc = crc32c::crc32c(&buf[CRC_START..]);
-            buf[4..8].copy_from_slice(&crc.to_le_bytes());
-            count
-        };
+        if !self.backlog.take(len as u64) {
+            return Err(StoreError(
+                "journal write backlog is full: the disk is slower than the publishers".into(),
+            ));
+        }
+        if spans.len() > SPANS_PER_BATCH {
+            let mut one = Vec::with_capacity(bytes);
+            spans.iter().for_each(|s| one.extend_from_slice(s));
+            self.copied += bytes as u64;
+            spans = vec![Bytes::from(one)];
+        }
+        let mut header = vec![0u8; BATCH_HEADER_LEN];
+        header[0..4].copy_from_slice(&(len as u32).to_le_bytes());
+        header[16..20].copy_from_slice(&count.to_le_bytes());
+        set_base_seq(&mut header, first_seq);
+        let crc = spans
+            .iter()
+            .fold(crc32c::crc32c(&header[CRC_START..]), |crc, s| crc32c::crc32c_append(crc, s));
+        header[4..8].copy_from_slice(&crc.to_le_bytes());
+        spans.insert(0, Bytes::from(header));
         self.appended = first_seq + count as u64;
-        let file = self.segment.clone();
-        let offset = self.segment_len;
-        let end_seq = self.appended;
-        self.queued.push_back(Pending { claim, file, offset, end_seq });
+        let (file, offset, end_seq) = (self.segment.clone(), self.segment_len, self.appended);
+        self.queued.push_back(Pending { spans, len: len as u64, file, offset, end_seq });
         self.segment_len += len as u64;
         Ok(())
     }
@@ -482,18 +562,24 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rdmq-journal-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let ring = Rc::new(RefCell::new(Ring::new(ring::HUGE_PAGE * 2).unwrap()));
-        let mut j = Journal::open(&dir, Durability::Fsync, 1 << 30, ring, Vec::new(), 0).unwrap();
+        let backlog = Backlog::new(1 << 20);
+        let mut j =
+            Journal::open(&dir, Durability::Fsync, 1 << 30, backlog, Vec::new(), 0).unwrap();
         j.set_group_commit(group);
         (j, dir)
     }
 
+    /// A stored record of `len` bytes (the journal stores record bytes as given; they need not
+    /// parse as a record here).
+    fn rec(len: usize) -> MsgRef {
+        MsgRef { batch: Bytes::from(vec![1u8; len]), offset: 0, len: len as u32 }
+    }
+
     /// Appends one record and completes its write as the kernel would.
     fn write_one(j: &mut Journal, seq: u64, len: usize) {
-        // The journal stores record bytes as given; they need not parse as a record here.
-        j.append(seq, len, &mut [vec![0u8; len].as_slice()].into_iter()).unwrap();
+        j.append(seq, &mut [rec(len)].iter()).unwrap();
         let w = j.next_write().unwrap();
-        j.write_done(w.tag, w.claim.len as i32);
+        j.write_done(w.tag, w.len as i32);
     }
 
     #[test]
@@ -528,14 +614,85 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// Does what the kernel does with a `WriteReq` (from the spans its iovecs describe, this
+    /// module being one without `unsafe`), and completes it.
+    fn pwritev(j: &mut Journal, w: WriteReq) {
+        let p = &j.in_flight.back().expect("in flight").p;
+        let data: Vec<u8> = p.spans.iter().flat_map(|s| s.iter().copied()).collect();
+        assert_eq!((data.len() as u64, p.spans.len() as u32), (w.len, w.iov_len));
+        p.file.write_all_at(&data, w.offset).unwrap();
+        j.write_done(w.tag, data.len() as i32);
+    }
+
+    #[test]
+    fn records_are_written_from_where_they_lie_and_read_back_intact() {
+        use crate::arena::{Arena, HUGE_PAGE};
+        use rdmq_client::wire::record::{BatchBuilder, BatchView, RecordMeta};
+        let (mut j, dir) = journal("writev", GroupCommit::default());
+        let mut arena = Arena::new(2 * HUGE_PAGE).unwrap();
+        let batch = |arena: &mut Arena, from: u32, n: u32| {
+            let mut buf = Vec::new();
+            let mut b = BatchBuilder::begin(&mut buf);
+            for i in from..from + n {
+                b.push(&mut buf, &RecordMeta::default(), format!("message {i}").as_bytes());
+            }
+            b.finish(&mut buf);
+            let bytes = arena.copy(&buf);
+            let recs: Vec<MsgRef> = BatchView::decode(&bytes)
+                .unwrap()
+                .records()
+                .map(|(at, r)| MsgRef {
+                    batch: bytes.clone(),
+                    offset: at as u32,
+                    len: r.bytes.len() as u32,
+                })
+                .collect();
+            recs
+        };
+        // A whole batch (one span), then every other record of two batches (dead letters
+        // gathered from here and there: one span each), then one scattered over more spans than
+        // a batch may have, which the journal copies.
+        let whole = batch(&mut arena, 0, 5);
+        let (a, b) = (batch(&mut arena, 5, 6), batch(&mut arena, 11, 6));
+        let picked: Vec<MsgRef> = a.iter().chain(&b).step_by(2).cloned().collect();
+        let many = batch(&mut arena, 17, 2 * SPANS_PER_BATCH as u32 + 2);
+        let scattered: Vec<MsgRef> = many.iter().step_by(2).cloned().collect();
+        let groups = [&whole, &picked, &scattered];
+        let mut seq = 0;
+        for g in groups {
+            j.append(seq, &mut g.iter()).unwrap();
+            seq += g.len() as u64;
+        }
+        assert_eq!(j.copied, scattered.iter().map(|r| r.len as u64).sum::<u64>());
+        let w = j.next_write().unwrap();
+        assert_eq!(w.iov_len, 1 + 1 + 1 + 6 + 1 + 1, "spans merged into one writev");
+        pwritev(&mut j, w);
+        assert_eq!(j.written, seq);
+        let bytes = std::fs::read(dir.join(segment_name(0))).unwrap();
+        let (batches, end) = format::scan_segment(&bytes, 0);
+        assert!(matches!(end, format::ScanEnd::Clean), "every checksum holds");
+        let counts: Vec<u32> = batches.iter().map(|b| b.count).collect();
+        assert_eq!(counts, [5, 6, SPANS_PER_BATCH as u32 + 1]);
+        let stored: Vec<&[u8]> = batches
+            .iter()
+            .flat_map(|b| BatchView::trusted(&bytes[b.offset..b.offset + b.len]).records())
+            .map(|(_, r)| r.bytes)
+            .collect();
+        let sent: Vec<&[u8]> = groups.iter().flat_map(|g| g.iter()).map(|r| r.bytes()).collect();
+        assert_eq!(stored, sent);
+        assert_eq!(j.backlog.used(), 0);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     #[test]
     fn a_failed_write_fails_the_journal_for_good() {
         let (mut j, dir) = journal("fail", GroupCommit::default());
-        j.append(0, 10, &mut [[1u8; 10].as_slice()].into_iter()).unwrap();
+        j.append(0, &mut [rec(10)].iter()).unwrap();
         let w = j.next_write().unwrap();
         j.write_done(w.tag, -libc::ENOSPC);
         assert!(j.failure().unwrap().contains("No space"));
-        assert!(j.append(1, 10, &mut [[1u8; 10].as_slice()].into_iter()).is_err());
+        assert!(j.append(1, &mut [rec(10)].iter()).is_err());
+        assert_eq!(j.backlog.used(), 0, "the failed write's backlog came back");
         assert!(j.next_syncs(0).is_empty());
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -6,11 +6,11 @@
 use std::collections::HashSet;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use rdmq_client::wire::record::RecordView;
 
 use super::format::{self, QueueMeta, ScanEnd};
+use crate::arena::Bytes;
 use crate::broker::MsgRef;
 
 /// One unsettled message found on disk.
@@ -92,10 +92,12 @@ pub fn recover(dir: &Path) -> Result<Recovered, String> {
             ));
             break;
         }
-        let bytes = read(&path)?;
+        let mut bytes = read(&path)?;
         let (batches, end) = format::scan_segment(&bytes, expected);
         let good = batches.last().map_or(0, |b| b.offset + b.len);
-        let data: Arc<[u8]> = Arc::from(&bytes[..good]);
+        let file_len = bytes.len();
+        bytes.truncate(good);
+        let data = Bytes::from(bytes);
         for b in &batches {
             let mut at = b.offset + rdmq_client::wire::record::BATCH_HEADER_LEN;
             for k in 0..b.count as u64 {
@@ -126,7 +128,7 @@ pub fn recover(dir: &Path) -> Result<Recovered, String> {
                 eprintln!(
                     "rdmq: recovery: queue {queue:?}: truncated a torn tail of {} bytes at \
                      segment {} offset {at}",
-                    bytes.len() - at,
+                    file_len - at,
                     path.display()
                 );
                 let f = OpenOptions::new().write(true).open(&path).map_err(|e| e.to_string())?;

@@ -303,7 +303,7 @@ pub fn is_topic_ack(v: &str) -> bool {
 
 /// A held topic message, for tests.
 #[cfg(test)]
-fn msg(batch: &Arc<[u8]>) -> crate::broker::MsgRef {
+fn msg(batch: &crate::arena::Bytes) -> crate::broker::MsgRef {
     let b = rdmq_client::wire::record::BatchView::decode(batch).unwrap();
     let (at, r) = b.records().next().unwrap();
     crate::broker::MsgRef { batch: batch.clone(), offset: at as u32, len: r.bytes.len() as u32 }
@@ -315,7 +315,7 @@ mod tests {
     use super::*;
     use rdmq_client::wire::record::{BatchBuilder, RecordMeta};
 
-    fn record(headers: &[(String, String)], payload: &[u8]) -> Arc<[u8]> {
+    fn record(headers: &[(String, String)], payload: &[u8]) -> crate::arena::Bytes {
         let mut out = Vec::new();
         let mut b = BatchBuilder::begin(&mut out);
         let meta = RecordMeta { headers, reply_to: b"/queue/r", ..Default::default() };

@@ -1,0 +1,300 @@
+//! The shard's message memory: a ring of 2 MiB chunks, in huge pages when the host has them
+//! reserved (`MAP_HUGETLB`), otherwise in ordinary pages with transparent-huge-page advice and
+//! one warning.
+//!
+//! A received batch is copied once, into the next free span of the current chunk, and from then
+//! on is only shared: queues keep [`Bytes`] handles into it, the journal writes segment files
+//! straight from it (`writev`, no second copy) and deliveries are encoded from it. That one copy
+//! is what makes the bytes the server's own: a shared-memory or RDMA producer can rewrite its
+//! ring at any time, so nothing is checksummed, stored or served from there.
+//!
+//! Chunks are used in order and filled front to back; a handle covers bytes already written and
+//! nothing writes them again while any handle to the chunk lives. A chunk is reused once the
+//! arena holds its only reference (every message in it consumed or dropped, every write of it
+//! complete), checked with `Arc::get_mut`, which synchronises with the other shards' drops.
+//! When every chunk is still held (a slow consumer, a long retention) a batch goes to the heap
+//! instead, so one held message never pins more than its own bytes beyond the arena's size;
+//! the `arena_heap_bytes` counter says how often that happens.
+//!
+//! This is one of the modules allowed `unsafe`: it maps memory and hands out views of it.
+#![allow(unsafe_code)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::metrics::{self, Metrics};
+
+/// Huge page size on x86-64 and arm64 with 4 KiB base pages; also the chunk size.
+pub const HUGE_PAGE: usize = 2 << 20;
+/// Batches above this go to the heap: a chunk should hold a few of them.
+pub const ARENA_BATCH_MAX: usize = HUGE_PAGE / 4;
+/// Spans start on 8-byte boundaries (record headers are read field by field either way).
+const ALIGN: usize = 8;
+
+static WARNED: AtomicBool = AtomicBool::new(false);
+
+/// Memory that handles point into: one mapped chunk, or one heap buffer.
+struct Chunk {
+    base: *mut u8,
+    len: usize,
+    /// Keeps a heap buffer alive (`None` for a mapping, unmapped on drop).
+    heap: Option<Box<[u8]>>,
+}
+
+// SAFETY: a chunk is plain memory. Bytes behind a handle are never written while the handle
+// lives (see the module comment), so sharing and sending handles between shards is sound.
+unsafe impl Send for Chunk {}
+// SAFETY: as above.
+unsafe impl Sync for Chunk {}
+
+impl Chunk {
+    fn map() -> std::io::Result<Chunk> {
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+        // SAFETY: anonymous mapping with no address hint; the result is checked.
+        let huge = unsafe {
+            libc::mmap(std::ptr::null_mut(), HUGE_PAGE, prot, flags | libc::MAP_HUGETLB, -1, 0)
+        };
+        if huge != libc::MAP_FAILED {
+            return Ok(Chunk { base: huge.cast(), len: HUGE_PAGE, heap: None });
+        }
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            eprintln!(
+                "rdmq: warning: no 2 MiB huge pages reserved (/proc/sys/vm/nr_hugepages); message \
+                 memory uses ordinary pages with transparent-huge-page advice"
+            );
+        }
+        // Populated at start, as huge pages are: the first publishes pay no page faults.
+        let populate = flags | libc::MAP_POPULATE;
+        // SAFETY: as above, without MAP_HUGETLB.
+        let base = unsafe { libc::mmap(std::ptr::null_mut(), HUGE_PAGE, prot, populate, -1, 0) };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: advice on a mapping we own; failure only loses the hint.
+        unsafe { libc::madvise(base, HUGE_PAGE, libc::MADV_HUGEPAGE) };
+        Ok(Chunk { base: base.cast(), len: HUGE_PAGE, heap: None })
+    }
+
+    fn heap(mut buf: Box<[u8]>) -> Chunk {
+        Chunk { base: buf.as_mut_ptr(), len: buf.len(), heap: Some(buf) }
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        if self.heap.is_none() {
+            // SAFETY: the mapping was made with this length, and the last handle into it is
+            // going: nothing (no io_uring write either, which holds a handle) reads it any more.
+            unsafe { libc::munmap(self.base.cast(), self.len) };
+        }
+    }
+}
+
+/// A shared, immutable span of message memory: cheap to clone (one reference count), sendable
+/// to other shards, and alive for as long as any clone is.
+#[derive(Clone)]
+pub struct Bytes {
+    chunk: Arc<Chunk>,
+    off: usize,
+    len: usize,
+}
+
+impl Bytes {
+    /// A sub-span, `len` bytes from `off` within this one, sharing the same memory.
+    pub fn slice(&self, off: usize, len: usize) -> Bytes {
+        assert!(off + len <= self.len, "slice out of range");
+        Bytes { chunk: self.chunk.clone(), off: self.off + off, len }
+    }
+
+    /// Whether `other` is this very span (not merely equal bytes).
+    pub fn same_as(&self, other: &Bytes) -> bool {
+        Arc::ptr_eq(&self.chunk, &other.chunk) && self.off == other.off && self.len == other.len
+    }
+
+    /// Whether `next` starts in the same memory exactly where this one ends.
+    pub fn continued_by(&self, next: &Bytes) -> bool {
+        Arc::ptr_eq(&self.chunk, &next.chunk) && self.off + self.len == next.off
+    }
+
+    /// This span extended over `next` (which must continue it).
+    pub fn joined(&self, next: &Bytes) -> Bytes {
+        assert!(self.continued_by(next), "spans are not adjacent");
+        Bytes { chunk: self.chunk.clone(), off: self.off, len: self.len + next.len }
+    }
+
+    /// Whether this span lives in a mapped chunk (not the heap).
+    pub fn in_arena(&self) -> bool {
+        self.chunk.heap.is_none()
+    }
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        // SAFETY: off + len <= chunk length (checked where handles are made); those bytes were
+        // written before the handle existed and are not written again while it lives.
+        unsafe { std::slice::from_raw_parts(self.chunk.base.add(self.off), self.len) }
+    }
+}
+
+impl AsRef<[u8]> for Bytes {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl From<Vec<u8>> for Bytes {
+    /// Takes the buffer over (no copy).
+    fn from(v: Vec<u8>) -> Bytes {
+        let len = v.len();
+        Bytes { chunk: Arc::new(Chunk::heap(v.into_boxed_slice())), off: 0, len }
+    }
+}
+
+impl From<&[u8]> for Bytes {
+    /// Copies into a new heap buffer.
+    fn from(s: &[u8]) -> Bytes {
+        Bytes::from(s.to_vec())
+    }
+}
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Bytes({} bytes{})", self.len, if self.in_arena() { "" } else { ", heap" })
+    }
+}
+
+impl PartialEq for Bytes {
+    fn eq(&self, other: &Bytes) -> bool {
+        **self == **other
+    }
+}
+
+/// One shard's ring of chunks.
+pub struct Arena {
+    chunks: Vec<Arc<Chunk>>,
+    /// The chunk being filled, and how far.
+    current: usize,
+    used: usize,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Arena {
+    /// Maps `bytes` of chunks (a multiple of 2 MiB, at least two chunks).
+    pub fn new(bytes: usize) -> std::io::Result<Arena> {
+        assert!(bytes >= 2 * HUGE_PAGE && bytes.is_multiple_of(HUGE_PAGE));
+        let chunks = (0..bytes / HUGE_PAGE)
+            .map(|_| Chunk::map().map(Arc::new))
+            .collect::<std::io::Result<_>>()?;
+        Ok(Arena { chunks, current: 0, used: 0, metrics: None })
+    }
+
+    /// Counts batches that went to the heap in `arena_heap_bytes`.
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Arena {
+        Arena { metrics: Some(metrics), ..self }
+    }
+
+    /// A new handle of `len` bytes, filled by `fill` (which must write all of them). Lands in
+    /// the arena when a chunk has room, else on the heap (a large batch, or every chunk held).
+    pub fn fill(&mut self, len: usize, fill: impl FnOnce(&mut [u8])) -> Bytes {
+        let Some(off) = self.claim(len) else {
+            let mut buf = vec![0u8; len];
+            fill(&mut buf);
+            if let Some(m) = &self.metrics {
+                metrics::add(&m.arena_heap_bytes, len as u64);
+            }
+            return Bytes::from(buf);
+        };
+        let chunk = &self.chunks[self.current];
+        // SAFETY: [off, off + len) lies within the chunk (`claim` checked), and no handle covers
+        // it: handles only cover bytes below `used` of the current chunk, and a chunk is
+        // restarted only when the arena holds its sole reference. Nothing else borrows it.
+        let dst = unsafe { std::slice::from_raw_parts_mut(chunk.base.add(off), len) };
+        fill(dst);
+        Bytes { chunk: chunk.clone(), off, len }
+    }
+
+    /// A copy of `src` (the one copy a received batch gets).
+    pub fn copy(&mut self, src: &[u8]) -> Bytes {
+        self.fill(src.len(), |dst| dst.copy_from_slice(src))
+    }
+
+    /// Reserves `len` bytes in the current chunk, moving to the next free one if needed.
+    fn claim(&mut self, len: usize) -> Option<usize> {
+        if len > ARENA_BATCH_MAX || len == 0 {
+            return None;
+        }
+        if self.used + len > HUGE_PAGE && !self.advance() {
+            return None;
+        }
+        let off = self.used;
+        self.used = (off + len).next_multiple_of(ALIGN);
+        Some(off)
+    }
+
+    /// Moves to the next chunk, in ring order, that nothing else holds.
+    fn advance(&mut self) -> bool {
+        let n = self.chunks.len();
+        for step in 1..n {
+            let i = (self.current + step) % n;
+            if Arc::get_mut(&mut self.chunks[i]).is_some() {
+                self.current = i;
+                self.used = 0;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Chunks something outside the arena still holds (messages kept, writes in flight).
+    pub fn chunks_held(&mut self) -> usize {
+        self.chunks.iter_mut().map(|c| Arc::get_mut(c).is_none() as usize).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_keep_their_bytes_and_chunks_come_back_when_let_go() {
+        let mut a = Arena::new(2 * HUGE_PAGE).unwrap();
+        let first = a.copy(b"hello");
+        assert_eq!(&*first, b"hello");
+        assert!(first.in_arena());
+        // Fill the first chunk and move into the second while `first` is held.
+        let big = vec![7u8; ARENA_BATCH_MAX];
+        let fills: Vec<Bytes> = (0..4).map(|_| a.copy(&big)).collect();
+        assert!(fills.iter().all(|b| b.in_arena()));
+        assert_eq!(a.current, 1, "the fourth large batch did not fit beside the first");
+        // Both chunks held: the next batch that needs a new chunk goes to the heap.
+        let more: Vec<Bytes> = (0..4).map(|_| a.copy(&big)).collect();
+        assert!(more[2].in_arena(), "the second chunk filled to its last byte");
+        assert!(!more.last().unwrap().in_arena(), "no free chunk, so the heap");
+        assert_eq!(&*first, b"hello", "held bytes were not overwritten");
+        assert_eq!(a.chunks_held(), 2);
+        // Let go of everything in chunk 0: it is reused, from its start.
+        drop(first);
+        drop(fills);
+        drop(more);
+        let again = a.copy(&big);
+        assert!(again.in_arena());
+        assert_eq!(a.current, 0);
+        assert_eq!(again.off, 0);
+    }
+
+    #[test]
+    fn slices_join_only_when_adjacent_in_the_same_memory() {
+        let mut a = Arena::new(2 * HUGE_PAGE).unwrap();
+        let b = a.copy(b"0123456789");
+        let (x, y, z) = (b.slice(0, 4), b.slice(4, 3), b.slice(8, 2));
+        assert!(x.continued_by(&y));
+        assert_eq!(&*x.joined(&y), b"0123456");
+        assert!(!y.continued_by(&z), "a gap between them");
+        let heap = Bytes::from(b"89".to_vec());
+        assert!(!y.continued_by(&heap) && !heap.in_arena());
+        assert_eq!(heap, z);
+    }
+}
