@@ -123,6 +123,11 @@ impl Bytes {
         Bytes { chunk: self.chunk.clone(), off: self.off, len: self.len + next.len }
     }
 
+    /// Whether `other` lies in the same memory (chunk or heap buffer).
+    pub fn same_memory(&self, other: &Bytes) -> bool {
+        Arc::ptr_eq(&self.chunk, &other.chunk)
+    }
+
     /// Whether this span lives in a mapped chunk (not the heap).
     pub fn in_arena(&self) -> bool {
         self.chunk.heap.is_none()
@@ -178,7 +183,28 @@ pub struct Arena {
     /// The chunk being filled, and how far.
     current: usize,
     used: usize,
+    /// Holders of every chunk besides the arena: NIC registrations ([`Arena::pins`]).
+    pins: usize,
     metrics: Option<Arc<Metrics>>,
+}
+
+/// A whole chunk, for a NIC registration: keeps the chunk mapped for as long as it lives, and
+/// is counted by the arena as an expected holder, so the chunk is still reused.
+pub struct ChunkPin(Arc<Chunk>);
+
+impl ChunkPin {
+    /// The chunk's memory.
+    pub fn span(&self) -> (*const u8, usize) {
+        (self.0.base, self.0.len)
+    }
+}
+
+#[cfg(feature = "rdma")]
+// SAFETY: the chunk's mapping is fixed for its life, and this value holds the chunk.
+unsafe impl rdmq_client::rdma::verbs::Pinned for ChunkPin {
+    fn span(&self) -> (*const u8, usize) {
+        ChunkPin::span(self)
+    }
 }
 
 impl Arena {
@@ -188,7 +214,7 @@ impl Arena {
         let chunks = (0..bytes / HUGE_PAGE)
             .map(|_| Chunk::map().map(Arc::new))
             .collect::<std::io::Result<_>>()?;
-        Ok(Arena { chunks, current: 0, used: 0, metrics: None })
+        Ok(Arena { chunks, current: 0, used: 0, pins: 0, metrics: None })
     }
 
     /// Counts batches that went to the heap in `arena_heap_bytes`.
@@ -239,7 +265,7 @@ impl Arena {
         let n = self.chunks.len();
         for step in 1..n {
             let i = (self.current + step) % n;
-            if Arc::get_mut(&mut self.chunks[i]).is_some() {
+            if self.unheld(i) {
                 self.current = i;
                 self.used = 0;
                 return true;
@@ -248,9 +274,27 @@ impl Arena {
         false
     }
 
+    /// Whether only the arena and its pins hold chunk `i`. The fence pairs with the release
+    /// of the last other handle's drop (as in `Arc`'s own drop), so what that holder did with
+    /// the bytes happens before they are written again.
+    fn unheld(&self, i: usize) -> bool {
+        let unheld = Arc::strong_count(&self.chunks[i]) == 1 + self.pins;
+        if unheld {
+            std::sync::atomic::fence(Ordering::Acquire);
+        }
+        unheld
+    }
+
     /// Chunks something outside the arena still holds (messages kept, writes in flight).
-    pub fn chunks_held(&mut self) -> usize {
-        self.chunks.iter_mut().map(|c| Arc::get_mut(c).is_none() as usize).sum()
+    pub fn chunks_held(&self) -> usize {
+        (0..self.chunks.len()).filter(|&i| !self.unheld(i)).count()
+    }
+
+    /// One pin per chunk, to register the whole arena with a NIC. The pins count as expected
+    /// holders from now on: keep them for the arena's life.
+    pub fn pins(&mut self) -> Vec<ChunkPin> {
+        self.pins += 1;
+        self.chunks.iter().map(|c| ChunkPin(c.clone())).collect()
     }
 }
 
@@ -283,6 +327,13 @@ mod tests {
         assert!(again.in_arena());
         assert_eq!(a.current, 0);
         assert_eq!(again.off, 0);
+        // Pinned (registered with a NIC): a pin is expected, so chunks are still reused.
+        let pins = a.pins();
+        drop(again);
+        assert_eq!(a.chunks_held(), 0);
+        let fill: Vec<Bytes> = (0..5).map(|_| a.copy(&big)).collect();
+        assert!(fill.iter().all(|b| b.in_arena()), "reused with pins held");
+        drop(pins);
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub struct Config {
     pub rdma_ring_bytes_max: usize,
     /// RDMA connections served at once (all on shard 0); sizes its shared completion queue.
     pub rdma_connections_max: usize,
+    /// Records at least this long are written to RDMA consumers by the NIC straight from
+    /// message memory; shorter ones are copied into the link's staging ring (a scatter entry
+    /// per record can cost more than copying a few bytes). 0: every record.
+    pub rdma_gather_min_bytes: u32,
     /// Shard threads; 0 = one per CPU this process may use.
     pub shards: usize,
     /// Pin each shard to its own CPU.
@@ -121,6 +125,7 @@ impl Default for Config {
             rdma_addr: None,
             rdma_ring_bytes_max: 4 << 20,
             rdma_connections_max: 32,
+            rdma_gather_min_bytes: 0,
             shards: 0,
             pin_threads: true,
             auto_create: true,

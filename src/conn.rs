@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
+use crate::arena::Bytes;
 use crate::broker::MsgRef;
 use crate::gateway::stomp::session::Session;
 use rdmq_client::shm::Region;
@@ -50,14 +51,17 @@ pub fn write_deliver_frames<'a>(
 
 /// Writes whole DELIVER frames for `id` straight into `buf` (a ring's free span), frames cut
 /// at [`DELIVER_FRAME_BYTES`], entries from `items` through `entry` (tag, delivery count,
-/// flags, record), stopping at the first entry that does not fit. Returns (bytes used, entries
-/// written, record bytes copied). The layout comes from the codec (`wire::deliver`), as
-/// `DeliverWriter`'s does; this one writes into a slice instead of a `Vec`.
+/// flags, record), stopping at the first entry that does not fit. A record `gather` takes
+/// (given its offset in `buf`) is left for the NIC to write from where it lies: its bytes in
+/// `buf` are not written. Returns (bytes used, entries written, record bytes copied). The
+/// layout comes from the codec (`wire::deliver`), as `DeliverWriter`'s does; this one writes
+/// into a slice instead of a `Vec`.
 pub fn write_deliver_into<T>(
     buf: &mut [u8],
     id: u32,
     items: &[T],
-    entry: impl Fn(&T) -> (u64, u32, u16, &[u8]),
+    entry: impl Fn(&T) -> (u64, u32, u16, &MsgRef),
+    gather: &mut dyn FnMut(usize, &MsgRef) -> bool,
 ) -> (usize, usize, usize) {
     use rdmq_client::wire::deliver::{body_header, entry_header, BODY_HEADER_LEN};
     use rdmq_client::wire::{deliver::ENTRY_HEADER_LEN, FrameHeader, Opcode, FRAME_HEADER_LEN};
@@ -67,17 +71,19 @@ pub fn write_deliver_into<T>(
         let mut at = frame_at + FRAME_HEADER_LEN + BODY_HEADER_LEN;
         let mut count = 0u32;
         while written < items.len() {
-            let (tag, deliveries, flags, record) = entry(&items[written]);
-            let len = ENTRY_HEADER_LEN + record.len();
-            let frame_full = count > 0 && at - frame_at + record.len() > DELIVER_FRAME_BYTES;
+            let (tag, deliveries, flags, rec) = entry(&items[written]);
+            let len = ENTRY_HEADER_LEN + rec.len as usize;
+            let frame_full = count > 0 && at - frame_at + rec.len as usize > DELIVER_FRAME_BYTES;
             if frame_full || at + len > buf.len() {
                 break;
             }
             buf[at..at + ENTRY_HEADER_LEN].copy_from_slice(&entry_header(tag, deliveries, flags));
-            buf[at + ENTRY_HEADER_LEN..at + len].copy_from_slice(record);
+            if !gather(at + ENTRY_HEADER_LEN, rec) {
+                buf[at + ENTRY_HEADER_LEN..at + len].copy_from_slice(rec.bytes());
+                copied += rec.len as usize;
+            }
             at += len;
             count += 1;
-            copied += record.len();
             written += 1;
         }
         if count == 0 {
@@ -95,26 +101,34 @@ pub fn write_deliver_into<T>(
 }
 
 /// A topic message as a DELIVER entry: tag 0, first delivery, no flags.
-fn topic_entry(m: &MsgRef) -> (u64, u32, u16, &[u8]) {
-    (0, 1, 0, m.bytes())
+fn topic_entry(m: &MsgRef) -> (u64, u32, u16, &MsgRef) {
+    (0, 1, 0, m)
 }
+
+/// Handles to message memory an RDMA link writes deliveries from: each kept until the link's
+/// writes have landed past its staging position (one handle per run of records in the same
+/// memory, which is what keeps that memory from being reused).
+pub type GatherKeep = VecDeque<(u64, Bytes)>;
 
 /// `Conn::deliver_to_ring` on the parts of a connection, so `pump` can use it while it walks
 /// the subscriptions.
+#[allow(clippy::too_many_arguments)]
 fn ring_deliver<T>(
-    ring: Option<&RingConn>,
+    ring: Option<&mut RingConn>,
     pos: &RingPositions,
+    keep: &mut GatherKeep,
     out: &mut Vec<u8>,
     sending: &[u8],
     id: u32,
     items: &[T],
-    entry: impl Fn(&T) -> (u64, u32, u16, &[u8]),
+    entry: impl Fn(&T) -> (u64, u32, u16, &MsgRef),
 ) -> (usize, usize, usize) {
     let Some(ring) = ring else { return (0, 0, 0) };
     if !sending.is_empty() || items.is_empty() {
         return (0, 0, 0);
     }
-    let tx = ring.region().s2c();
+    let region = ring.region().clone();
+    let tx = region.s2c();
     let mut flushed = 0;
     if !out.is_empty() {
         let tail = pos.tx_tail.get();
@@ -129,7 +143,8 @@ fn ring_deliver<T>(
     let (mut n, mut bytes) = (0, 0);
     let tail = pos.tx_tail.get();
     let wrote = tx.write_with_after(tail, |buf| {
-        let (used, w, b) = write_deliver_into(buf, id, items, &entry);
+        let mut gather = |at: usize, m: &MsgRef| ring.gather(tail + at as u64, m, keep);
+        let (used, w, b) = write_deliver_into(buf, id, items, &entry, &mut gather);
         (n, bytes) = (w, b);
         used
     });
@@ -163,6 +178,8 @@ pub struct ShmConn {
 /// A connection whose bytes move through a region's two rings instead of a socket: shared
 /// memory, or RDMA (where the receive ring is written by the client's NIC and the other ring
 /// stages what the shard writes into the client's).
+// Boxed where it lives (`Conn::ring`), so the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum RingConn {
     Shm(ShmConn),
     #[cfg(feature = "rdma")]
@@ -185,6 +202,31 @@ pub struct RingPositions {
 }
 
 impl RingConn {
+    /// Whether the record `m`, staged at `pos` in the outgoing ring, will be written by the
+    /// NIC from where it lies (an RDMA link whose registered memory holds it) rather than
+    /// copied into the ring; if so its memory is kept in `keep` until the write lands.
+    pub fn gather(&mut self, pos: u64, m: &MsgRef, keep: &mut GatherKeep) -> bool {
+        match self {
+            RingConn::Shm(_) => {
+                // The consumer's ring is written directly: the one copy is already the last.
+                let _ = (pos, m, keep);
+                false
+            }
+            #[cfg(feature = "rdma")]
+            RingConn::Rdma(link) => {
+                let (addr, len) = (m.bytes().as_ptr() as u64, m.len as usize);
+                let Some(src) = link.source_of(addr, len) else { return false };
+                link.gather(pos, m.len, src, addr);
+                let end = pos + len as u64;
+                match keep.back_mut() {
+                    Some((last, b)) if b.same_memory(&m.batch) => *last = end,
+                    _ => keep.push_back((end, m.batch.clone())),
+                }
+                true
+            }
+        }
+    }
+
     pub fn region(&self) -> &Rc<Region> {
         match self {
             RingConn::Shm(s) => &s.region,
@@ -265,6 +307,9 @@ pub struct Conn {
     pub ring: Option<Box<RingConn>>,
     /// The shard's positions in `ring`.
     pub ring_pos: RingPositions,
+    /// Message memory an RDMA link's writes still read (after `ring`, so the link, and its
+    /// queue pair, go first).
+    pub gather_keep: GatherKeep,
     /// Input is not being parsed until outstanding requests drain (a gateway's send window).
     pub paused: bool,
     /// Acknowledgements a gateway holds back while the output is above its high-water mark
@@ -295,6 +340,7 @@ impl Conn {
             mqtt: None,
             ring: None,
             ring_pos: RingPositions::default(),
+            gather_keep: GatherKeep::new(),
             paused: false,
             deferred_settles: Vec::new(),
         }
@@ -309,10 +355,10 @@ impl Conn {
         &mut self,
         id: u32,
         items: &[T],
-        entry: impl Fn(&T) -> (u64, u32, u16, &[u8]),
+        entry: impl Fn(&T) -> (u64, u32, u16, &MsgRef),
     ) -> (usize, usize, usize) {
-        let pos = &self.ring_pos;
-        ring_deliver(self.ring.as_deref(), pos, &mut self.out, &self.sending, id, items, entry)
+        let Conn { ring, ring_pos, gather_keep, out, sending, .. } = self;
+        ring_deliver(ring.as_deref_mut(), ring_pos, gather_keep, out, sending, id, items, entry)
     }
 
     /// Whether `id` is already used by a consumer or subscription of this connection.
@@ -335,15 +381,16 @@ impl Conn {
             return (session.pump(&mut self.subs, &mut self.out, high_water, now_us), 0, 0);
         }
         let (mut written, mut bytes, mut flushed) = (0, 0, 0);
-        let Conn { subs, ring, ring_pos, out, sending, .. } = self;
+        let Conn { subs, ring, ring_pos, gather_keep, out, sending, .. } = self;
         for (&id, sub) in subs.iter_mut() {
             // Straight into the ring while nothing waits ahead, then into `out`.
             while !sub.pending.is_empty() {
                 let front = sub.pending.as_slices().0;
                 let n = front.len().min(TOPIC_DELIVER_BATCH);
                 let front = &front[..n];
+                let ring = ring.as_deref_mut();
                 let (w, b, f) =
-                    ring_deliver(ring.as_deref(), ring_pos, out, sending, id, front, topic_entry);
+                    ring_deliver(ring, ring_pos, gather_keep, out, sending, id, front, topic_entry);
                 (written, bytes, flushed) = (written + w, bytes + b, flushed + f);
                 sub.pending.drain(..w);
                 if w < n {

@@ -495,7 +495,8 @@ impl Shard {
         }
         let (direct, mut copied, flushed) = conn.deliver_to_ring(key.id, &msgs, queue_entry);
         if direct < msgs.len() {
-            let rest = msgs[direct..].iter().map(queue_entry);
+            let rest =
+                msgs[direct..].iter().map(queue_entry).map(|(t, d, f, r)| (t, d, f, r.bytes()));
             copied += write_deliver_frames(&mut conn.out, key.id, rest).1;
         }
         metrics::add(&self.metrics.ring_bytes_out, flushed as u64);
@@ -870,9 +871,9 @@ pub fn malformed(opcode: u8, e: wire::DecodeError) -> String {
 }
 
 /// A queue delivery as a DELIVER entry.
-fn queue_entry(m: &Delivered) -> (u64, u32, u16, &[u8]) {
+fn queue_entry(m: &Delivered) -> (u64, u32, u16, &MsgRef) {
     let flags = if m.redelivered { FLAG_REDELIVERED } else { 0 };
-    (m.tag, m.delivery_count, flags, m.rec.bytes())
+    (m.tag, m.delivery_count, flags, &m.rec)
 }
 
 fn name_of(cmd: &Command<'_>) -> &'static str {

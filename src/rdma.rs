@@ -52,8 +52,9 @@ mod built {
     use crate::conn::{Conn, RingConn};
     use crate::metrics;
     use crate::shard::{op, user_data};
-    use rdmq_client::rdma::verbs::{self, CmEvent, CmId, Cq, EventChannel, EventKind, Pd, Wc};
+    use rdmq_client::rdma::verbs::{self, CmEvent, CmId, Cq, EventChannel, EventKind, Mr, Pd, Wc};
     use rdmq_client::rdma::{rejection, Endpoint, Link, RECV_WR, SEND_WR};
+    use std::rc::Rc;
 
     /// Completions taken per pass, so sockets and mailboxes get their turn under load.
     const COMPLETIONS_PER_PASS: usize = 256;
@@ -79,6 +80,8 @@ mod built {
         // pair is gone by then: `Shard::conns` is dropped first), the channel last.
         _listener: CmId,
         cq: Option<Cq>,
+        /// The shard's message memory, registered on the PD: deliveries are written from it.
+        sources: Rc<[Mr]>,
         pd: Option<Pd>,
         ch: EventChannel,
         wcs: Vec<Wc>,
@@ -107,6 +110,7 @@ mod built {
             self.rdma = Some(RdmaState {
                 _listener: listener,
                 cq: None,
+                sources: Rc::new([]),
                 pd: None,
                 ch,
                 wcs: vec![Wc::default(); COMPLETIONS_PER_PASS],
@@ -158,11 +162,18 @@ mod built {
             };
             // Taken out for the loop (handlers need the shard) and put back: no allocation.
             let wcs = std::mem::take(&mut r.wcs);
+            let metrics = self.metrics.clone();
             for wc in &wcs[..n] {
                 let (slot, generation) = untoken(Link::split_wr_id(wc.wr_id).0);
                 let Some(conn) = self.conn(slot, generation) else { continue };
                 let Some(RingConn::Rdma(link)) = conn.ring.as_deref_mut() else { continue };
                 link.on_completion(wc);
+                metrics::add(&metrics.rdma_gather_bytes, std::mem::take(&mut link.gathered));
+                let landed = link.landed();
+                while conn.gather_keep.front().is_some_and(|(end, _)| *end <= landed) {
+                    conn.gather_keep.pop_front();
+                }
+                let Some(RingConn::Rdma(link)) = conn.ring.as_deref_mut() else { continue };
                 let broken = link.broken.clone();
                 // Space or send requests may have come back: move what waited.
                 let _ = link.push();
@@ -215,6 +226,23 @@ mod built {
                     (Ok(pd), Ok(cq)) => (r.pd, r.cq) = (Some(pd), Some(cq)),
                     (Err(e), _) | (_, Err(e)) => return refuse(id, &e.to_string()),
                 }
+                // Register the message memory, so deliveries are written from where the
+                // records lie. Without it (a device that refuses), they are copied as before.
+                let pd = r.pd.as_ref().expect("made");
+                let sources: std::io::Result<Vec<Mr>> = self
+                    .arena
+                    .pins()
+                    .into_iter()
+                    .map(|p| Mr::register_pinned(pd, Box::new(p)))
+                    .collect();
+                let r = self.rdma.as_mut().expect("listening");
+                match sources {
+                    Ok(mrs) => r.sources = mrs.into(),
+                    Err(e) => eprintln!(
+                        "rdmq: rdma: cannot register message memory ({e}); deliveries are \
+                         copied into the connection's staging ring"
+                    ),
+                }
             }
             let Some(slot) = self.free_slots_pop() else {
                 return refuse(id, "connection table full");
@@ -223,8 +251,11 @@ mod built {
             let token = token(slot, generation);
             let r = self.rdma.as_mut().expect("listening");
             let (pd, cq) = (r.pd.as_ref().expect("made"), r.cq.as_ref().expect("made"));
+            let sources = r.sources.clone();
+            let gather_min = self.cfg.rdma_gather_min_bytes as usize;
             let link = Link::new(id, pd, cq, peer.ring_bytes, token).and_then(|mut l| {
                 l.set_peer(peer).map_err(std::io::Error::other)?;
+                l.set_sources(sources, gather_min);
                 let private = l.endpoint().encode();
                 l.id.accept(&private)?;
                 Ok(l)

@@ -295,49 +295,28 @@ fn other_users_are_refused_unless_allowed() {
 /// then the batch).
 #[test]
 fn payload_copies_over_shm_are_one_in_and_one_out() {
-    const N: usize = 1_000;
-    const PAYLOAD: usize = 200;
-    const RECORD: usize = 40 + PAYLOAD; // fixed record part + payload (no headers)
-    let copies = |url_of: fn(&Server) -> String, durability| {
-        let mut server = Server::start(1);
-        let url = url_of(&server);
-        let conn = server.connect_url(&url);
-        let opts = rdmq_client::QueueOptions { durability, ..Default::default() };
-        conn.declare_queue("copies", &opts).unwrap();
-        let mut c = conn.consume("copies", N as u32).unwrap();
-        let mut p = conn.queue_producer("copies");
-        for i in 0..N {
-            let mut payload = vec![(i % 251) as u8; PAYLOAD];
-            payload[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            p.send(&payload).unwrap();
-        }
-        p.flush().unwrap();
-        for d in recv_n(&mut c, N) {
-            c.ack(&d).unwrap();
-        }
-        c.close().unwrap();
-        drop(conn);
-        let log = server.stop();
-        let get = |k: &str| Server::counter(&log, k) as usize;
-        (
-            get("copy_in_bytes"),
-            get("copy_deliver_bytes"),
-            get("ring_bytes_out"),
-            get("copy_journal_bytes"),
-        )
-    };
+    use common::transport::{copies, COPIES_MESSAGES as N, COPIES_RECORD as RECORD};
     use rdmq_client::Durability;
     for durability in [Durability::Memory, Durability::Fsync] {
-        let (cin, deliver, ring_out, journal) = copies(|s| s.shm_url.clone(), durability);
+        let server = Server::start(1);
+        let url = server.shm_url.clone();
+        let c = copies(server, &url, durability);
         assert!(
-            (N * RECORD..=N * (RECORD + 24)).contains(&cin),
-            "{durability:?} in: {cin} for {N} records of {RECORD} B"
+            (N * RECORD..=N * (RECORD + 24)).contains(&c.copy_in),
+            "{durability:?} in: {} for {N} records of {RECORD} B",
+            c.copy_in
         );
-        assert_eq!(deliver, N * RECORD, "each record copied once on the way out");
-        assert!(ring_out < 4096, "deliveries went through the output buffer: {ring_out} B");
-        assert_eq!(journal, 0, "{durability:?}: the journal copied {journal} B");
+        assert_eq!(c.copy_deliver, N * RECORD, "each record copied once on the way out");
+        assert!(c.ring_out < 4096, "deliveries went through the output buffer: {} B", c.ring_out);
+        assert_eq!(c.copy_journal, 0, "{durability:?}: the journal copied {} B", c.copy_journal);
     }
-    let (tcp_in, tcp_deliver, _, _) = copies(|s| s.url.clone(), Durability::Memory);
-    assert!(tcp_in >= 2 * N * RECORD, "TCP copies in twice (inbuf, then the batch): {tcp_in}");
-    assert_eq!(tcp_deliver, N * RECORD);
+    let server = Server::start(1);
+    let url = server.url.clone();
+    let tcp = copies(server, &url, Durability::Memory);
+    assert!(
+        tcp.copy_in >= 2 * N * RECORD,
+        "TCP copies in twice (inbuf, then the batch): {}",
+        tcp.copy_in
+    );
+    assert_eq!(tcp.copy_deliver, N * RECORD);
 }

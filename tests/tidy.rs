@@ -1,5 +1,5 @@
 //! Style checks clippy cannot make (STYLE.md habit 14): `unsafe` only in the modules that touch
-//! the kernel, each block with a `// SAFETY:` line and each `unsafe fn` with a `# Safety`
+//! the kernel, each block with a `// SAFETY:` line and each `unsafe fn` or `unsafe trait` with a `# Safety`
 //! section; the codec does no I/O; every module opens with a `//!` doc comment.
 
 use std::path::{Path, PathBuf};
@@ -59,9 +59,9 @@ fn unsafe_violations(path: &str, text: &str) -> Vec<String> {
             continue;
         }
         let window = &lines[i.saturating_sub(12)..=i];
-        if code.contains("unsafe fn") {
+        if code.contains("unsafe fn") || code.contains("unsafe trait") {
             if !window.iter().any(|l| l.contains("# Safety")) {
-                problems.push(format!("{path}:{}: unsafe fn without # Safety", i + 1));
+                problems.push(format!("{path}:{}: unsafe fn or trait without # Safety", i + 1));
             }
         } else if !window.iter().any(|l| l.contains("SAFETY:")) {
             problems.push(format!("{path}:{}: unsafe without a SAFETY: comment", i + 1));

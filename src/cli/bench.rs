@@ -1110,6 +1110,13 @@ fn print_perftest(r: &Report) {
             r.baseline.rtt_us.map_or(f64::NAN, |x| x.p50),
             r.baseline.rtt_us.map_or(f64::NAN, |x| x.p50 / floor)
         );
+        // Through the broker a round trip crosses the network four times (publish, deliver to
+        // the responder, its publish, deliver back); perftest's and the raw baseline's twice.
+        println!(
+            "  the broker's round trip is four one-way hops, perftest's two: broker rtt p50 = \
+             {:.2}x four hops of ib_send_lat",
+            rtt.p50 / (2.0 * floor)
+        );
     }
     if let (Some(bw), None) = (p.get("ib_write_bw.bw_avg_MBps"), r.broker.rtt_us) {
         println!(

@@ -190,3 +190,53 @@ pub fn topic_request_reply(server: &Server, url: &str, tag: &str) {
         assert_eq!(d.payload(), &i.to_le_bytes()[..]);
     }
 }
+
+/// Messages and record size `copies` uses: 200-byte payloads, no headers, so each record is
+/// the 40-byte fixed part plus the payload.
+pub const COPIES_MESSAGES: usize = 1_000;
+pub const COPIES_RECORD: usize = 40 + 200;
+
+/// What the server's copy counters said after one `copies` run.
+#[derive(Debug)]
+pub struct Copies {
+    pub copy_in: usize,
+    pub copy_journal: usize,
+    pub copy_deliver: usize,
+    pub ring_out: usize,
+    pub rdma_gather: usize,
+}
+
+/// Publishes [`COPIES_MESSAGES`] messages over `url` to a queue of `durability` and consumes
+/// them on the same connection, then stops `server` and returns its copy counters.
+pub fn copies(mut server: Server, url: &str, durability: rdmq_client::Durability) -> Copies {
+    const PAYLOAD: usize = COPIES_RECORD - 40;
+    let n = COPIES_MESSAGES;
+    let conn = server.connect_url(url);
+    let opts = QueueOptions { durability, ..Default::default() };
+    conn.declare_queue("copies", &opts).unwrap();
+    let mut c = conn.consume("copies", n as u32).unwrap();
+    let mut p = conn.queue_producer("copies");
+    for i in 0..n {
+        let mut payload = vec![(i % 251) as u8; PAYLOAD];
+        payload[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        p.send(&payload).unwrap();
+    }
+    p.flush().unwrap();
+    for (i, d) in recv_n(&mut c, n).into_iter().enumerate() {
+        let p = d.payload();
+        assert_eq!((p.len(), &p[..8]), (PAYLOAD, &(i as u64).to_le_bytes()[..]), "message {i}");
+        assert!(p[8..].iter().all(|&b| b == (i % 251) as u8), "message {i} damaged");
+        c.ack(&d).unwrap();
+    }
+    c.close().unwrap();
+    drop(conn);
+    let log = server.stop();
+    let get = |k: &str| Server::counter(&log, k) as usize;
+    Copies {
+        copy_in: get("copy_in_bytes"),
+        copy_journal: get("copy_journal_bytes"),
+        copy_deliver: get("copy_deliver_bytes"),
+        ring_out: get("ring_bytes_out"),
+        rdma_gather: get("rdma_gather_bytes"),
+    }
+}

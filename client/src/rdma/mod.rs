@@ -28,6 +28,7 @@
 
 pub mod verbs;
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs};
 use std::rc::Rc;
@@ -125,6 +126,9 @@ pub struct Link {
     pub id: CmId,
     rx_mr: Mr,
     tx_mr: Mr,
+    /// Other registered memory staged spans may be written from (see [`Link::gather`]).
+    sources: Rc<[Mr]>,
+    gather_min: usize,
     pub region: Rc<Region>,
     /// Work request ids are `token << 8 | kind`.
     token: u64,
@@ -135,6 +139,14 @@ pub struct Link {
     credited: u64,
     /// Send work requests not in flight.
     sq_free: u32,
+    /// Staged spans to be written from other memory instead of the staging ring, in order.
+    gathers: VecDeque<Gather>,
+    /// Staging position each posted write ends at, oldest first; and the end of the latest
+    /// completed one (writes complete in order on a queue pair).
+    write_ends: VecDeque<u64>,
+    landed: u64,
+    /// Bytes named by [`Link::gather`] so far, for the owner's counters to take.
+    pub gathered: u64,
     /// Why the link failed (a work completion with an error status), if it did.
     pub broken: Option<String>,
 }
@@ -161,6 +173,12 @@ impl Link {
             posted: 0,
             credited: 0,
             sq_free: SEND_WR,
+            sources: Rc::new([]),
+            gather_min: 0,
+            gathers: VecDeque::new(),
+            write_ends: VecDeque::new(),
+            landed: 0,
+            gathered: 0,
             broken: None,
         })
     }
@@ -216,35 +234,135 @@ impl Link {
                     self.broken.get_or_insert_with(|| e.to_string());
                 }
             }
+            KIND_WRITE => {
+                self.sq_free += 1;
+                if let Some(end) = self.write_ends.pop_front() {
+                    self.landed = end;
+                }
+            }
             _ => self.sq_free += 1,
         }
     }
 
-    /// Posts the staged bytes not yet sent. Needs up to two work requests; with fewer free it
-    /// waits for a completion.
+    /// Registered memory that [`Link::gather`] may name (by index), for spans of at least
+    /// `min_len` bytes.
+    pub fn set_sources(&mut self, sources: Rc<[Mr]>, min_len: usize) {
+        self.sources = sources;
+        self.gather_min = min_len;
+    }
+
+    /// The source registration covering `[addr, addr + len)`, if any and the span is long
+    /// enough to be worth a scatter entry.
+    pub fn source_of(&self, addr: u64, len: usize) -> Option<u16> {
+        if len < self.gather_min {
+            return None;
+        }
+        self.sources.iter().position(|m| m.covers(addr, len)).map(|i| i as u16)
+    }
+
+    /// Says that the staged span `[pos, pos + len)` (staged after every earlier gather, not yet
+    /// posted) is to be written from `[addr, addr + len)` of source `src` instead of the staging
+    /// ring, whose bytes there are then never read. The caller keeps that memory unchanged
+    /// until [`Link::landed`] passes `pos + len`.
+    pub fn gather(&mut self, pos: u64, len: u32, src: u16, addr: u64) {
+        assert!(
+            pos >= self.posted && self.gathers.back().is_none_or(|g| g.pos + g.len as u64 <= pos)
+        );
+        assert!(self.sources[src as usize].covers(addr, len as usize), "outside the source");
+        self.gathers.push_back(Gather { pos, len, src, addr });
+        self.gathered += len as u64;
+    }
+
+    /// Staging position up to which every posted write has completed (landed at the peer).
+    pub fn landed(&self) -> u64 {
+        self.landed
+    }
+
+    /// Posts the staged bytes not yet sent: one WRITE per contiguous stretch of the peer's
+    /// ring, gathering staging-ring spans and the spans [`Link::gather`] named, at most
+    /// [`verbs::SGE_MAX`] each, as many as there are free send requests; the last one WITH
+    /// IMMEDIATE carrying the new tail. What does not fit waits for completions.
     pub fn push(&mut self) -> io::Result<()> {
         let Some(peer) = self.peer else { return Ok(()) };
         let tail = self.region.ctrl().s2c_tail.0.load(Ordering::Relaxed);
-        if tail == self.posted || self.sq_free < 2 || self.broken.is_some() {
+        // One send request stays free for a credit, so data never starves them.
+        let budget = self.sq_free.saturating_sub(1) as usize;
+        if tail == self.posted || budget == 0 || self.broken.is_some() {
             return Ok(());
         }
         let cap = self.region.ring_bytes() as u64;
-        let start = self.posted & (cap - 1);
-        let len = tail - self.posted;
-        let first = len.min(cap - start);
-        let mut spans = [(start, first as u32, peer.addr + start), (0, 0, peer.addr)];
-        let n = if first < len {
-            spans[1].1 = (len - first) as u32;
-            2
-        } else {
-            1
-        };
-        // Bytes in `[posted, tail)` are not written again until the peer's credit passes them,
-        // which it sends only after these writes landed.
+        // The pieces of [posted, tail), in order: (staging position, length, source), where
+        // the source is the staging ring or a gather's memory (registration, address).
+        let mut pieces: Vec<(u64, u64, Source)> = Vec::new();
+        let mut at = self.posted;
+        for g in self.gathers.iter().take_while(|g| g.pos < tail) {
+            // A gather cut at the wrap may have had its first part posted already.
+            let skip = at.saturating_sub(g.pos);
+            let pos = g.pos + skip;
+            if pos > at {
+                pieces.push((at, pos - at, None));
+            }
+            pieces.push((pos, g.len as u64 - skip, Some((g.src, g.addr + skip))));
+            at = g.pos + g.len as u64;
+        }
+        if at < tail {
+            pieces.push((at, tail - at, None));
+        }
+        // Scatter entries, cut at the ring's wrap (the peer's ring and the staging ring are
+        // registered one lap long), grouped into writes.
+        let mut sges: Vec<verbs::Sge<'_>> = Vec::new();
+        let mut writes: Vec<(u64, std::ops::Range<usize>)> = Vec::new();
+        let mut ends: Vec<u64> = Vec::new();
+        let mut write_end: Option<u64> = None;
+        for (pos, len, src) in pieces {
+            let mut done = 0;
+            while done < len {
+                let p = pos + done;
+                let off = p & (cap - 1);
+                let n = (len - done).min(cap - off);
+                let sge = match src {
+                    None => {
+                        verbs::Sge { mr: &self.tx_mr, addr: self.tx_mr.addr() + off, len: n as u32 }
+                    }
+                    Some((i, addr)) => verbs::Sge {
+                        mr: &self.sources[i as usize],
+                        addr: addr + done,
+                        len: n as u32,
+                    },
+                };
+                let joins = write_end == Some(p)
+                    && off != 0
+                    && writes.last().is_some_and(|(_, r)| r.len() < verbs::SGE_MAX);
+                if joins {
+                    writes.last_mut().expect("checked").1.end += 1;
+                } else {
+                    if writes.len() == budget {
+                        break;
+                    }
+                    writes.push((peer.addr + off, sges.len()..sges.len() + 1));
+                    ends.push(0);
+                }
+                sges.push(sge);
+                *ends.last_mut().expect("pushed") = p + n;
+                write_end = Some(p + n);
+                done += n;
+            }
+            if done < len {
+                break;
+            }
+        }
+        let new_posted = *ends.last().expect("at least one write");
+        // Bytes in `[posted, new_posted)` (and the gathered memory) are not written again
+        // until the peer's credit (or `landed`) passes them, which happens only after these
+        // writes landed.
         let wr_id = self.wr(KIND_WRITE);
-        self.id.post_writes(&self.tx_mr, &spans[..n], peer.rkey, tail as u32, wr_id)?;
-        self.sq_free -= n as u32;
-        self.posted = tail;
+        self.id.post_gather_writes(&sges, &writes, peer.rkey, new_posted as u32, wr_id)?;
+        self.sq_free -= writes.len() as u32;
+        self.write_ends.extend(ends);
+        self.posted = new_posted;
+        while self.gathers.front().is_some_and(|g| g.pos + g.len as u64 <= new_posted) {
+            self.gathers.pop_front();
+        }
         Ok(())
     }
 
@@ -280,6 +398,19 @@ impl Link {
     fn wr(&self, kind: u64) -> u64 {
         wr_id(self.token, kind)
     }
+}
+
+/// Where a staged span is written from: the staging ring (`None`), or a source registration
+/// and an address in it.
+type Source = Option<(u16, u64)>;
+
+/// A staged span written from other registered memory.
+#[derive(Debug, Clone, Copy)]
+struct Gather {
+    pos: u64,
+    len: u32,
+    src: u16,
+    addr: u64,
 }
 
 /// A work request id: the link's token, and the kind of request in the low byte.

@@ -25,8 +25,11 @@ use rdma_sys::*;
 
 use crate::shm::Region;
 
-/// Work requests one `post_*` call chains at most (a ring span split at the wrap point).
+/// Work requests one `post_writes` call chains at most (a ring span split at the wrap point).
 const CHAIN_MAX: usize = 2;
+/// Scatter entries one gathered WRITE carries at most (queue pairs are created for this many;
+/// rxe and current NICs take 30 or more).
+pub const SGE_MAX: usize = 16;
 
 fn os_err(what: &str) -> io::Error {
     let e = io::Error::last_os_error();
@@ -298,7 +301,7 @@ impl CmId {
         attr.qp_type = ibv_qp_type::IBV_QPT_RC;
         attr.cap.max_send_wr = caps.send_wr;
         attr.cap.max_recv_wr = caps.recv_wr;
-        attr.cap.max_send_sge = 1;
+        attr.cap.max_send_sge = SGE_MAX as u32;
         attr.cap.max_recv_sge = 1;
         // SAFETY: the PD and CQ belong to the identifier's device and outlive the QP (callers
         // drop the `CmId` first).
@@ -410,6 +413,59 @@ impl CmId {
         // SAFETY: the chain and its scatter entries live for the call; the local spans are
         // inside `mr`, whose memory the registration keeps mapped (it holds the region) until
         // it is dropped, which happens after the queue pair is destroyed.
+        check(unsafe { ibv_post_send(self.qp_raw(), base, &mut bad) }, "ibv_post_send")
+    }
+
+    /// Posts chained RDMA WRITEs, each gathering `sges[range]` (every entry inside its
+    /// registration, checked) into the peer's memory at `remote_addr` under `rkey`, the last
+    /// one WITH IMMEDIATE `imm`; all signaled, tagged `wr_id`. Each write takes at most
+    /// [`SGE_MAX`] entries.
+    pub fn post_gather_writes(
+        &self,
+        sges: &[Sge<'_>],
+        writes: &[(u64, std::ops::Range<usize>)],
+        rkey: u32,
+        imm: u32,
+        wr_id: u64,
+    ) -> io::Result<()> {
+        assert!(!writes.is_empty());
+        let mut raw_sges: Vec<ibv_sge> = sges
+            .iter()
+            .map(|s| {
+                let end = s.addr + s.len as u64;
+                assert!(
+                    s.addr >= s.mr.addr && end <= s.mr.addr + s.mr.len as u64,
+                    "scatter entry outside its registration"
+                );
+                ibv_sge { addr: s.addr, length: s.len, lkey: s.mr.lkey() }
+            })
+            .collect();
+        // SAFETY: ibv_send_wr is plain old data; all-zero is valid before the fields.
+        let mut wrs: Vec<ibv_send_wr> =
+            (0..writes.len()).map(|_| unsafe { std::mem::zeroed() }).collect();
+        let (n, base, sge_base) = (writes.len(), wrs.as_mut_ptr(), raw_sges.as_mut_ptr());
+        for (i, (remote_addr, range)) in writes.iter().enumerate() {
+            assert!(!range.is_empty() && range.len() <= SGE_MAX && range.end <= sges.len());
+            let wr = &mut wrs[i];
+            wr.wr_id = wr_id;
+            // SAFETY: `range.start < sges.len()`, inside `raw_sges`.
+            wr.sg_list = unsafe { sge_base.add(range.start) };
+            wr.num_sge = range.len() as i32;
+            wr.send_flags = ibv_send_flags::IBV_SEND_SIGNALED.0;
+            wr.wr.rdma = rdma_t { remote_addr: *remote_addr, rkey };
+            if i + 1 < n {
+                wr.opcode = ibv_wr_opcode::IBV_WR_RDMA_WRITE;
+                // SAFETY: `i + 1 < n`, inside `wrs`.
+                wr.next = unsafe { base.add(i + 1) };
+            } else {
+                wr.opcode = ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM;
+                wr.imm_data_invalidated_rkey_union.imm_data = imm.to_be();
+            }
+        }
+        let mut bad = ptr::null_mut();
+        // SAFETY: the chain and its scatter lists live for the call; every entry lies inside
+        // a registration (checked above), whose memory stays mapped until it is dropped, which
+        // happens after the queue pair is destroyed.
         check(unsafe { ibv_post_send(self.qp_raw(), base, &mut bad) }, "ibv_post_send")
     }
 
@@ -576,13 +632,36 @@ pub enum RingOf {
     Staging,
 }
 
-/// Registered memory: one ring's first mapping. Holds the region, so the memory stays mapped
-/// as long as the registration exists.
+/// One scatter entry of a gathered write: `len` bytes at `addr`, inside `mr`.
+#[derive(Clone, Copy)]
+pub struct Sge<'a> {
+    pub mr: &'a Mr,
+    pub addr: u64,
+    pub len: u32,
+}
+
+/// Memory other than a ring that a registration may cover (the server's message memory).
+///
+/// # Safety
+/// `span` must return the same span every time, and it must stay mapped, and not move, for as
+/// long as the value lives.
+pub unsafe trait Pinned {
+    fn span(&self) -> (*const u8, usize);
+}
+
+/// What keeps a registration's memory mapped.
+enum Keep {
+    Region(#[allow(dead_code)] Rc<Region>),
+    Pinned(#[allow(dead_code)] Box<dyn Pinned>),
+}
+
+/// Registered memory: one ring's first mapping, or pinned memory. Holds what keeps it mapped,
+/// so the memory stays mapped as long as the registration exists.
 pub struct Mr {
     raw: *mut ibv_mr,
     addr: u64,
     len: usize,
-    _region: Rc<Region>,
+    _keep: Keep,
 }
 
 impl Mr {
@@ -603,7 +682,25 @@ impl Mr {
         if raw.is_null() {
             return Err(os_err("ibv_reg_mr"));
         }
-        Ok(Mr { raw, addr: ptr as u64, len, _region: region.clone() })
+        Ok(Mr { raw, addr: ptr as u64, len, _keep: Keep::Region(region.clone()) })
+    }
+
+    /// Registers `owner`'s memory for the local NIC to read (the source of writes; no remote
+    /// access).
+    pub fn register_pinned(pd: &Pd, owner: Box<dyn Pinned>) -> io::Result<Mr> {
+        let (ptr, len) = owner.span();
+        // SAFETY: `[ptr, ptr + len)` stays mapped while `owner` lives (`Pinned`'s contract),
+        // which this registration holds until it is deregistered.
+        let raw = unsafe { ibv_reg_mr(pd.raw, ptr as *mut _, len, 0) };
+        if raw.is_null() {
+            return Err(os_err("ibv_reg_mr"));
+        }
+        Ok(Mr { raw, addr: ptr as u64, len, _keep: Keep::Pinned(owner) })
+    }
+
+    /// Whether `[addr, addr + len)` lies inside this registration.
+    pub fn covers(&self, addr: u64, len: usize) -> bool {
+        addr >= self.addr && addr + len as u64 <= self.addr + self.len as u64
     }
 
     /// The registered memory's address (what a peer writes to).
