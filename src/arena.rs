@@ -8,10 +8,11 @@
 //! is what makes the bytes the server's own: a shared-memory or RDMA producer can rewrite its
 //! ring at any time, so nothing is checksummed, stored or served from there.
 //!
-//! Chunks are used in order and filled front to back; a handle covers bytes already written and
-//! nothing writes them again while any handle to the chunk lives. A chunk is reused once the
-//! arena holds its only reference (every message in it consumed or dropped, every write of it
-//! complete), checked with `Arc::get_mut`, which synchronises with the other shards' drops.
+//! A chunk is filled front to back; a handle covers bytes already written and nothing writes
+//! them again while any handle to the chunk lives. A chunk is reused once the arena holds its
+//! only reference (every message in it consumed or dropped, every write of it complete; the
+//! check synchronises with the other shards' drops), the most recently used free chunk first,
+//! so a shard whose consumers keep up cycles through a few cache-warm chunks.
 //! When every chunk is still held (a slow consumer, a long retention) a batch goes to the heap
 //! instead, so one held message never pins more than its own bytes beyond the arena's size;
 //! the `arena_heap_bytes` counter says how often that happens.
@@ -64,15 +65,18 @@ impl Chunk {
                  memory uses ordinary pages with transparent-huge-page advice"
             );
         }
-        // Populated at start, as huge pages are: the first publishes pay no page faults.
-        let populate = flags | libc::MAP_POPULATE;
         // SAFETY: as above, without MAP_HUGETLB.
-        let base = unsafe { libc::mmap(std::ptr::null_mut(), HUGE_PAGE, prot, populate, -1, 0) };
+        let base = unsafe { libc::mmap(std::ptr::null_mut(), HUGE_PAGE, prot, flags, -1, 0) };
         if base == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
+        // Advice first, then populated at start, as huge pages are: the first faults then
+        // take transparent huge pages where the kernel has them, and the first publishes pay
+        // no page faults.
         // SAFETY: advice on a mapping we own; failure only loses the hint.
         unsafe { libc::madvise(base, HUGE_PAGE, libc::MADV_HUGEPAGE) };
+        // SAFETY: as above; on kernels before 5.14 the pages are faulted in on first use.
+        unsafe { libc::madvise(base, HUGE_PAGE, libc::MADV_POPULATE_WRITE) };
         Ok(Chunk { base: base.cast(), len: HUGE_PAGE, heap: None })
     }
 
@@ -180,6 +184,9 @@ impl PartialEq for Bytes {
 /// One shard's ring of chunks.
 pub struct Arena {
     chunks: Vec<Arc<Chunk>>,
+    /// When each chunk was last started (a count of chunk starts).
+    started: Vec<u64>,
+    starts: u64,
     /// The chunk being filled, and how far.
     current: usize,
     used: usize,
@@ -214,7 +221,9 @@ impl Arena {
         let chunks = (0..bytes / HUGE_PAGE)
             .map(|_| Chunk::map().map(Arc::new))
             .collect::<std::io::Result<_>>()?;
-        Ok(Arena { chunks, current: 0, used: 0, pins: 0, metrics: None })
+        let mut started = vec![0; bytes / HUGE_PAGE];
+        started[0] = 1;
+        Ok(Arena { chunks, started, starts: 1, current: 0, used: 0, pins: 0, metrics: None })
     }
 
     /// Counts batches that went to the heap in `arena_heap_bytes`.
@@ -260,18 +269,19 @@ impl Arena {
         Some(off)
     }
 
-    /// Moves to the next chunk, in ring order, that nothing else holds.
+    /// Moves to the free chunk (nothing else holds it) used most recently: when consumers keep
+    /// up, two or three chunks take turns and stay in the CPU's caches, where going round all
+    /// of them would write every batch into memory long out of cache.
     fn advance(&mut self) -> bool {
-        let n = self.chunks.len();
-        for step in 1..n {
-            let i = (self.current + step) % n;
-            if self.unheld(i) {
-                self.current = i;
-                self.used = 0;
-                return true;
-            }
-        }
-        false
+        let free = (0..self.chunks.len())
+            .filter(|&i| i != self.current && self.unheld(i))
+            .max_by_key(|&i| (self.started[i], std::cmp::Reverse(i)));
+        let Some(i) = free else { return false };
+        self.starts += 1;
+        self.started[i] = self.starts;
+        self.current = i;
+        self.used = 0;
+        true
     }
 
     /// Whether only the arena and its pins hold chunk `i`. The fence pairs with the release
@@ -334,6 +344,25 @@ mod tests {
         let fill: Vec<Bytes> = (0..5).map(|_| a.copy(&big)).collect();
         assert!(fill.iter().all(|b| b.in_arena()), "reused with pins held");
         drop(pins);
+    }
+
+    #[test]
+    fn the_most_recently_used_free_chunk_is_taken_next() {
+        let mut a = Arena::new(4 * HUGE_PAGE).unwrap();
+        let big = vec![7u8; ARENA_BATCH_MAX];
+        let mut currents = Vec::new();
+        // Consumers keep up: each batch is let go before the next arrives.
+        for _ in 0..24 {
+            drop(a.copy(&big));
+            currents.push(a.current);
+        }
+        currents.dedup();
+        assert_eq!(currents, [0, 1, 0, 1, 0, 1], "two warm chunks take turns");
+        // Held chunks are skipped; the never-used ones come into play when needed (the
+        // current chunk is full: 24 batches filled six chunks' worth).
+        let held: Vec<Bytes> = (0..12).map(|_| a.copy(&big)).collect();
+        assert!(held.iter().all(|b| b.in_arena()));
+        assert_eq!(a.chunks_held(), 3);
     }
 
     #[test]
