@@ -20,7 +20,7 @@
 //! This is one of the modules allowed `unsafe`: it maps memory and hands out views of it.
 #![allow(unsafe_code)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::metrics::{self, Metrics};
@@ -40,6 +40,8 @@ struct Chunk {
     len: usize,
     /// Keeps a heap buffer alive (`None` for a mapping, unmapped on drop).
     heap: Option<Box<[u8]>>,
+    /// Live [`ChunkPin`]s: holders the arena expects besides itself.
+    pins: AtomicUsize,
 }
 
 // SAFETY: a chunk is plain memory. Bytes behind a handle are never written while the handle
@@ -57,7 +59,7 @@ impl Chunk {
             libc::mmap(std::ptr::null_mut(), HUGE_PAGE, prot, flags | libc::MAP_HUGETLB, -1, 0)
         };
         if huge != libc::MAP_FAILED {
-            return Ok(Chunk { base: huge.cast(), len: HUGE_PAGE, heap: None });
+            return Ok(Chunk { base: huge.cast(), len: HUGE_PAGE, heap: None, pins: 0.into() });
         }
         if !WARNED.swap(true, Ordering::Relaxed) {
             eprintln!(
@@ -77,11 +79,11 @@ impl Chunk {
         unsafe { libc::madvise(base, HUGE_PAGE, libc::MADV_HUGEPAGE) };
         // SAFETY: as above; on kernels before 5.14 the pages are faulted in on first use.
         unsafe { libc::madvise(base, HUGE_PAGE, libc::MADV_POPULATE_WRITE) };
-        Ok(Chunk { base: base.cast(), len: HUGE_PAGE, heap: None })
+        Ok(Chunk { base: base.cast(), len: HUGE_PAGE, heap: None, pins: 0.into() })
     }
 
     fn heap(mut buf: Box<[u8]>) -> Chunk {
-        Chunk { base: buf.as_mut_ptr(), len: buf.len(), heap: Some(buf) }
+        Chunk { base: buf.as_mut_ptr(), len: buf.len(), heap: Some(buf), pins: 0.into() }
     }
 }
 
@@ -190,19 +192,31 @@ pub struct Arena {
     /// The chunk being filled, and how far.
     current: usize,
     used: usize,
-    /// Holders of every chunk besides the arena: NIC registrations ([`Arena::pins`]).
-    pins: usize,
     metrics: Option<Arc<Metrics>>,
 }
 
 /// A whole chunk, for a NIC registration: keeps the chunk mapped for as long as it lives, and
-/// is counted by the arena as an expected holder, so the chunk is still reused.
+/// is counted by the chunk as a holder the arena expects, so the chunk is still reused.
 pub struct ChunkPin(Arc<Chunk>);
 
 impl ChunkPin {
+    fn new(chunk: &Arc<Chunk>) -> ChunkPin {
+        // Held before it is counted, and (in `drop`) uncounted before it is let go: in between
+        // the arena sees one holder too many, and waits.
+        let pin = ChunkPin(chunk.clone());
+        chunk.pins.fetch_add(1, Ordering::AcqRel);
+        pin
+    }
+
     /// The chunk's memory.
     pub fn span(&self) -> (*const u8, usize) {
         (self.0.base, self.0.len)
+    }
+}
+
+impl Drop for ChunkPin {
+    fn drop(&mut self) {
+        self.0.pins.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -223,7 +237,7 @@ impl Arena {
             .collect::<std::io::Result<_>>()?;
         let mut started = vec![0; bytes / HUGE_PAGE];
         started[0] = 1;
-        Ok(Arena { chunks, started, starts: 1, current: 0, used: 0, pins: 0, metrics: None })
+        Ok(Arena { chunks, started, starts: 1, current: 0, used: 0, metrics: None })
     }
 
     /// Counts batches that went to the heap in `arena_heap_bytes`.
@@ -288,7 +302,8 @@ impl Arena {
     /// of the last other handle's drop (as in `Arc`'s own drop), so what that holder did with
     /// the bytes happens before they are written again.
     fn unheld(&self, i: usize) -> bool {
-        let unheld = Arc::strong_count(&self.chunks[i]) == 1 + self.pins;
+        let c = &self.chunks[i];
+        let unheld = Arc::strong_count(c) == 1 + c.pins.load(Ordering::Acquire);
         if unheld {
             std::sync::atomic::fence(Ordering::Acquire);
         }
@@ -300,11 +315,10 @@ impl Arena {
         (0..self.chunks.len()).filter(|&i| !self.unheld(i)).count()
     }
 
-    /// One pin per chunk, to register the whole arena with a NIC. The pins count as expected
-    /// holders from now on: keep them for the arena's life.
-    pub fn pins(&mut self) -> Vec<ChunkPin> {
-        self.pins += 1;
-        self.chunks.iter().map(|c| ChunkPin(c.clone())).collect()
+    /// One pin per chunk, to register the whole arena with a NIC; the arena does not count
+    /// them as holding the chunks.
+    pub fn pins(&self) -> Vec<ChunkPin> {
+        self.chunks.iter().map(ChunkPin::new).collect()
     }
 }
 
@@ -343,7 +357,9 @@ mod tests {
         assert_eq!(a.chunks_held(), 0);
         let fill: Vec<Bytes> = (0..5).map(|_| a.copy(&big)).collect();
         assert!(fill.iter().all(|b| b.in_arena()), "reused with pins held");
+        drop(fill);
         drop(pins);
+        assert_eq!(a.chunks_held(), 0, "and after the pins are gone");
     }
 
     #[test]

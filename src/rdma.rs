@@ -228,13 +228,14 @@ mod built {
                 }
                 // Register the message memory, so deliveries are written from where the
                 // records lie. Without it (a device that refuses), they are copied as before.
+                // Every shard's, since a record delivered here may have been received there.
                 let pd = r.pd.as_ref().expect("made");
-                let sources: std::io::Result<Vec<Mr>> = self
-                    .arena
-                    .pins()
-                    .into_iter()
-                    .map(|p| Mr::register_pinned(pd, Box::new(p)))
-                    .collect();
+                let pins = match &self.arena_pins {
+                    Some(p) => std::mem::take(&mut *p.lock().expect("not poisoned")),
+                    None => Vec::new(),
+                };
+                let sources: std::io::Result<Vec<Mr>> =
+                    pins.into_iter().map(|p| Mr::register_pinned(pd, Box::new(p))).collect();
                 let r = self.rdma.as_mut().expect("listening");
                 match sources {
                     Ok(mrs) => r.sources = mrs.into(),

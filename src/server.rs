@@ -119,6 +119,10 @@ impl Server {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (rdma_tx, rdma_rx) = std::sync::mpsc::channel();
         let mut rdma_init = cfg.rdma_addr.map(|a| (a, rdma_tx));
+        // Every shard's message memory, for shard 0 to register when RDMA starts being used:
+        // a delivery over RDMA is then written from wherever its record was received.
+        let arena_pins = (cfg!(feature = "rdma") && cfg.rdma_addr.is_some())
+            .then(|| Arc::new(std::sync::Mutex::new(Vec::new())));
         for (id, (listener, outbox)) in listeners.into_iter().zip(senders).enumerate().rev() {
             let init = ShardInit {
                 ready: ready_tx.clone(),
@@ -133,6 +137,7 @@ impl Server {
                 inbox: receivers.pop().expect("one inbox per shard"),
                 outbox,
                 rdma: if id == 0 { rdma_init.take() } else { None },
+                arena_pins: arena_pins.clone(),
             };
             let cpu = (cfg.pin_threads && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
             let t = std::thread::Builder::new()

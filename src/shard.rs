@@ -130,6 +130,8 @@ pub struct Shard {
     pub arena: Arena,
     /// Bytes appended to this shard's journals and not yet written.
     pub journal_backlog: Rc<Backlog>,
+    /// Every shard's message-memory pins (see `ShardInit::arena_pins`).
+    pub arena_pins: Option<ArenaPins>,
     /// Journals by id (the id travels in completion user data).
     pub journals: Vec<Option<JournalEntry>>,
     /// Publish confirms waiting for their queue's durable position, per queue in order.
@@ -174,7 +176,13 @@ pub struct ShardInit {
     /// Told once this shard has recovered its queues and is about to serve.
     pub ready: std::sync::mpsc::Sender<u16>,
     pub rdma: Option<RdmaInit>,
+    /// Where each shard leaves pins of its message memory for shard 0's RDMA registration
+    /// (only when RDMA may be used). Touched at start and at the first RDMA connection only.
+    pub arena_pins: Option<ArenaPins>,
 }
+
+/// Pins of every shard's message memory, collected at start (see `ShardInit::arena_pins`).
+pub type ArenaPins = Arc<std::sync::Mutex<Vec<crate::arena::ChunkPin>>>;
 
 impl Shard {
     pub fn new(init: ShardInit) -> std::io::Result<Shard> {
@@ -206,8 +214,15 @@ impl Shard {
             dirty_conns: Vec::new(),
             queues: FxHashMap::default(),
             dirty_queues: Vec::new(),
-            arena: Arena::new(cfg.journal_ring_bytes)?.with_metrics(init.metrics.clone()),
+            arena: {
+                let a = Arena::new(cfg.journal_ring_bytes)?.with_metrics(init.metrics.clone());
+                if let Some(pins) = &init.arena_pins {
+                    pins.lock().expect("not poisoned").extend(a.pins());
+                }
+                a
+            },
             journal_backlog: Backlog::new(cfg.journal_ring_bytes as u64),
+            arena_pins: init.arena_pins,
             journals: Vec::new(),
             held: FxHashMap::default(),
             subscriptions: SubscriptionTable::default(),

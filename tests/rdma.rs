@@ -77,17 +77,27 @@ fn killed_consumer_messages_are_redelivered() {
 /// Over RDMA the batch is copied once into the shard's message memory, as over shm, and each
 /// delivered record is written by the NIC from there into the consumer's ring: no record byte
 /// is copied on the way out, for a memory queue and an `fsync` one alike, and every message
-/// arrives intact (checked by `copies`).
+/// arrives intact (checked by `copies`). The same holds when the producer is a TCP client of
+/// another shard (every shard's message memory is registered).
 #[test]
 fn deliveries_are_written_from_message_memory_without_a_copy() {
     use common::transport::{copies, COPIES_MESSAGES as N, COPIES_RECORD as RECORD};
     for durability in [rdmq_client::Durability::Memory, rdmq_client::Durability::Fsync] {
         let Some((server, url)) = server(1) else { return };
-        let c = copies(server, &url, durability);
+        let c = copies(server, &url, &url, durability);
         assert!((N * RECORD..=N * (RECORD + 24)).contains(&c.copy_in), "{durability:?}: {c:?}");
         assert_eq!(c.copy_deliver, 0, "{durability:?}: records copied on the way out: {c:?}");
         assert_eq!(c.rdma_gather, N * RECORD, "{durability:?}: {c:?}");
         assert_eq!(c.copy_journal, 0, "{durability:?}: {c:?}");
+    }
+    // Two shards, producers over TCP: whichever shard a producer lands on, its batches are
+    // delivered from where that shard received them.
+    for _ in 0..3 {
+        let Some((server, url)) = server(2) else { return };
+        let tcp = server.url.clone();
+        let c = copies(server, &tcp, &url, rdmq_client::Durability::Memory);
+        assert_eq!(c.copy_deliver, 0, "TCP producer: records copied on the way out: {c:?}");
+        assert_eq!(c.rdma_gather, N * RECORD, "{c:?}");
     }
 }
 

@@ -300,7 +300,7 @@ fn payload_copies_over_shm_are_one_in_and_one_out() {
     for durability in [Durability::Memory, Durability::Fsync] {
         let server = Server::start(1);
         let url = server.shm_url.clone();
-        let c = copies(server, &url, durability);
+        let c = copies(server, &url, &url, durability);
         assert!(
             (N * RECORD..=N * (RECORD + 24)).contains(&c.copy_in),
             "{durability:?} in: {} for {N} records of {RECORD} B",
@@ -312,7 +312,7 @@ fn payload_copies_over_shm_are_one_in_and_one_out() {
     }
     let server = Server::start(1);
     let url = server.url.clone();
-    let tcp = copies(server, &url, Durability::Memory);
+    let tcp = copies(server, &url, &url, Durability::Memory);
     assert!(
         tcp.copy_in >= 2 * N * RECORD,
         "TCP copies in twice (inbuf, then the batch): {}",

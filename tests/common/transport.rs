@@ -206,16 +206,23 @@ pub struct Copies {
     pub rdma_gather: usize,
 }
 
-/// Publishes [`COPIES_MESSAGES`] messages over `url` to a queue of `durability` and consumes
-/// them on the same connection, then stops `server` and returns its copy counters.
-pub fn copies(mut server: Server, url: &str, durability: rdmq_client::Durability) -> Copies {
+/// Publishes [`COPIES_MESSAGES`] messages over `from` to a queue of `durability` and consumes
+/// them over `to` (the same connection when they are the same URL), then stops `server` and
+/// returns its copy counters.
+pub fn copies(
+    mut server: Server,
+    from: &str,
+    to: &str,
+    durability: rdmq_client::Durability,
+) -> Copies {
     const PAYLOAD: usize = COPIES_RECORD - 40;
     let n = COPIES_MESSAGES;
-    let conn = server.connect_url(url);
+    let conn = server.connect_url(to);
+    let other = (from != to).then(|| server.connect_url(from));
     let opts = QueueOptions { durability, ..Default::default() };
     conn.declare_queue("copies", &opts).unwrap();
     let mut c = conn.consume("copies", n as u32).unwrap();
-    let mut p = conn.queue_producer("copies");
+    let mut p = other.as_ref().unwrap_or(&conn).queue_producer("copies");
     for i in 0..n {
         let mut payload = vec![(i % 251) as u8; PAYLOAD];
         payload[..8].copy_from_slice(&(i as u64).to_le_bytes());
@@ -229,7 +236,7 @@ pub fn copies(mut server: Server, url: &str, durability: rdmq_client::Durability
         c.ack(&d).unwrap();
     }
     c.close().unwrap();
-    drop(conn);
+    drop((p, conn, other));
     let log = server.stop();
     let get = |k: &str| Server::counter(&log, k) as usize;
     Copies {
