@@ -214,6 +214,12 @@ impl ChunkPin {
     }
 }
 
+impl Clone for ChunkPin {
+    fn clone(&self) -> ChunkPin {
+        ChunkPin::new(&self.0)
+    }
+}
+
 impl Drop for ChunkPin {
     fn drop(&mut self) {
         self.0.pins.fetch_sub(1, Ordering::AcqRel);

@@ -55,7 +55,7 @@ pub struct Config {
     pub rdma_addr: Option<std::net::SocketAddrV4>,
     /// Largest ring (per direction) an RDMA client may ask for; the client proposes its size.
     pub rdma_ring_bytes_max: usize,
-    /// RDMA connections served at once (all on shard 0); sizes its shared completion queue.
+    /// RDMA connections each shard serves at once; sizes each shard's completion queue.
     pub rdma_connections_max: usize,
     /// Records at least this long are written to RDMA consumers by the NIC straight from
     /// message memory; shorter ones are copied into the link's staging ring (a scatter entry

@@ -27,6 +27,13 @@ pub enum ReplyKind {
 
 #[derive(Debug)]
 pub enum Event {
+    /// An RDMA connection request the listener (shard 0) hands to the shard that will serve
+    /// it, with the client's private data.
+    #[cfg(feature = "rdma")]
+    RdmaConnect {
+        id: rdmq_client::rdma::verbs::MovedId,
+        private: Vec<u8>,
+    },
     // To the queue's owner.
     DeclareQueue {
         reply: ReplyTo,

@@ -555,6 +555,8 @@ impl Shard {
 /// Applies one event to the shard that owns its subject.
 pub fn apply(s: &mut Shard, ev: Event) {
     match ev {
+        #[cfg(feature = "rdma")]
+        Event::RdmaConnect { id, private } => s.rdma_connect_moved(id, private),
         Event::DeclareQueue { reply, name, opts, explicit_dlq } => {
             declare_queue(s, reply, name, opts, explicit_dlq)
         }

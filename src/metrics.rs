@@ -31,6 +31,7 @@ metrics! {
     copy_in_bytes: "Bytes the server copied out of what it received into memory it keeps: a socket's bytes into its reassembly buffer (TCP, gateways), a published batch into the shard's message memory its records then live in (every transport).",
     arena_heap_bytes: "Published bytes kept on the heap instead of the shards' huge-page message memory (batches over 512 KiB, or every 2 MiB chunk still held by unconsumed messages).",
     copy_journal_bytes: "Record bytes a journal copied (only dead letters gathered from many batches; published batches are written from where they were received).",
+    rdma_handed_off: "RDMA connection requests the listener (shard 0) handed to another shard to serve.",
     rdma_gather_bytes: "Record bytes RDMA deliveries were written from where they lie in message memory (no copy: the NIC reads them).",
     copy_deliver_bytes: "Record bytes copied into DELIVER frames (native protocol): into a connection's output buffer, or straight into a shm or RDMA client's ring.",
     mailbox_full: "Times a shard found a peer's mailbox full and kept the batch for the next pass.",

@@ -3,9 +3,12 @@
 //! the shared completion queue, and sleeping on both their descriptors. The ring protocol and
 //! every verbs call are in the client crate (`rdmq_client::rdma`), shared with clients.
 //!
-//! Runs on shard 0 only: it owns the listener, the protection domain, the completion queue and
-//! every RDMA connection (rdma_cm hands all connection requests to the listener's channel;
-//! moving identifiers between shards is not built). Each pass `poll_rdma` takes rdma_cm events
+//! Shard 0 owns the listener: rdma_cm hands it every connection request, and it deals them out
+//! to the shards in turn. A request for another shard travels there through the mailbox
+//! (`Event::RdmaConnect`), and that shard moves the identifier onto its own event channel
+//! (`rdma_migrate_id`) before accepting it. So every shard that serves RDMA has its own event
+//! channel, protection domain, completion queue and registration of the message memory, and
+//! its connections' completions are its own. Each pass `poll_rdma` takes rdma_cm events
 //! (connect requests, disconnects) and completions (the peer's tail after its writes, its
 //! credits, our writes done) without blocking; `poll_rings` then reads frames out of each
 //! link's receive ring, exactly as for shared memory. Before sleeping the shard arms the
@@ -50,9 +53,12 @@ pub use built::RdmaState;
 mod built {
     use super::*;
     use crate::conn::{Conn, RingConn};
+    use crate::event::Event;
     use crate::metrics;
     use crate::shard::{op, user_data};
-    use rdmq_client::rdma::verbs::{self, CmEvent, CmId, Cq, EventChannel, EventKind, Mr, Pd, Wc};
+    use rdmq_client::rdma::verbs::{
+        self, CmEvent, CmId, Cq, EventChannel, EventKind, MovedId, Mr, Pd, Wc,
+    };
     use rdmq_client::rdma::{rejection, Endpoint, Link, RECV_WR, SEND_WR};
     use std::rc::Rc;
 
@@ -78,7 +84,7 @@ mod built {
     pub struct RdmaState {
         // Drop order: the listener identifier, then the CQ and PD (every connection's queue
         // pair is gone by then: `Shard::conns` is dropped first), the channel last.
-        _listener: CmId,
+        _listener: Option<CmId>,
         cq: Option<Cq>,
         /// The shard's message memory, registered on the PD: deliveries are written from it.
         sources: Rc<[Mr]>,
@@ -92,6 +98,25 @@ mod built {
         /// connection.)
         cm_ready: bool,
         connections: usize,
+        /// The shard the next connection request goes to (listener only).
+        next_shard: usize,
+    }
+
+    impl RdmaState {
+        fn new(listener: Option<CmId>, ch: EventChannel) -> RdmaState {
+            RdmaState {
+                _listener: listener,
+                cq: None,
+                sources: Rc::new([]),
+                pd: None,
+                ch,
+                wcs: vec![Wc::default(); COMPLETIONS_PER_PASS],
+                armed: [false; 2],
+                cm_ready: true,
+                connections: 0,
+                next_shard: 0,
+            }
+        }
     }
 
     impl Shard {
@@ -107,17 +132,7 @@ mod built {
                     addr.ip()
                 )
             })?;
-            self.rdma = Some(RdmaState {
-                _listener: listener,
-                cq: None,
-                sources: Rc::new([]),
-                pd: None,
-                ch,
-                wcs: vec![Wc::default(); COMPLETIONS_PER_PASS],
-                armed: [false; 2],
-                cm_ready: true,
-                connections: 0,
-            });
+            self.rdma = Some(RdmaState::new(Some(listener), ch));
             Ok(SocketAddr::V4(SocketAddrV4::new(*addr.ip(), port)))
         }
 
@@ -207,15 +222,48 @@ mod built {
             }
         }
 
+        /// A connection request on the listener: served here, or handed to the next shard in
+        /// turn.
         fn rdma_accept(&mut self, ev: CmEvent) {
             let id = ev.new_id.expect("a connect request carries its identifier");
+            let r = self.rdma.as_mut().expect("listening");
+            let target = r.next_shard % self.shards;
+            r.next_shard = r.next_shard.wrapping_add(1);
+            if target == self.id as usize {
+                return self.rdma_serve(id, &ev.private);
+            }
+            let ev = Event::RdmaConnect { id: MovedId::new(id), private: ev.private };
+            metrics::add(&self.metrics.rdma_handed_off, 1);
+            self.route(target, ev);
+        }
+
+        /// A connection request the listener handed to this shard: its events move to this
+        /// shard's channel (made with the first one), then it is served here.
+        pub fn rdma_connect_moved(&mut self, id: MovedId, private: Vec<u8>) {
+            let mut id = id.into_inner();
+            if self.rdma.is_none() {
+                match EventChannel::new() {
+                    Ok(ch) => self.rdma = Some(RdmaState::new(None, ch)),
+                    Err(e) => return refuse(id, &format!("shard {}: {e}", self.id)),
+                }
+            }
+            let r = self.rdma.as_ref().expect("made");
+            if let Err(e) = id.migrate(&r.ch) {
+                return refuse(id, &format!("shard {}: {e}", self.id));
+            }
+            self.rdma_serve(id, &private);
+        }
+
+        /// Accepts a connection request on this shard: its device objects (the first time),
+        /// the link, the connection.
+        fn rdma_serve(&mut self, id: CmId, private: &[u8]) {
             let max = self.cfg.rdma_ring_bytes_max;
-            let peer = match Endpoint::decode(&ev.private) {
+            let peer = match Endpoint::decode(private) {
                 Ok(p) if p.ring_bytes <= max => p,
                 Ok(p) => return refuse(id, &format!("ring {} > {max} bytes", p.ring_bytes)),
                 Err(e) => return refuse(id, &e),
             };
-            let r = self.rdma.as_mut().expect("listening");
+            let r = self.rdma.as_mut().expect("made before");
             if r.connections >= self.cfg.rdma_connections_max {
                 return refuse(id, "too many RDMA connections");
             }
@@ -231,7 +279,7 @@ mod built {
                 // Every shard's, since a record delivered here may have been received there.
                 let pd = r.pd.as_ref().expect("made");
                 let pins = match &self.arena_pins {
-                    Some(p) => std::mem::take(&mut *p.lock().expect("not poisoned")),
+                    Some(p) => p.lock().expect("not poisoned").to_vec(),
                     None => Vec::new(),
                 };
                 let sources: std::io::Result<Vec<Mr>> =
@@ -250,7 +298,7 @@ mod built {
             };
             let generation = self.next_generation(slot);
             let token = token(slot, generation);
-            let r = self.rdma.as_mut().expect("listening");
+            let r = self.rdma.as_mut().expect("made before");
             let (pd, cq) = (r.pd.as_ref().expect("made"), r.cq.as_ref().expect("made"));
             let sources = r.sources.clone();
             let gather_min = self.cfg.rdma_gather_min_bytes as usize;

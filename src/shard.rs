@@ -150,7 +150,8 @@ pub struct Shard {
     start: Instant,
     /// Where to listen for RDMA, and whom to tell how it went (shard 0, until started).
     rdma_init: Option<RdmaInit>,
-    /// The RDMA listener, device objects and shared completion queue (shard 0). Declared after
+    /// This shard's RDMA event channel, device objects and completion queue (and on shard 0
+    /// the listener), once it serves RDMA. Declared after
     /// `conns`, so every connection's queue pair is destroyed before them.
     #[cfg_attr(not(feature = "rdma"), allow(dead_code))]
     pub(crate) rdma: Option<crate::rdma::RdmaState>,
@@ -176,7 +177,7 @@ pub struct ShardInit {
     /// Told once this shard has recovered its queues and is about to serve.
     pub ready: std::sync::mpsc::Sender<u16>,
     pub rdma: Option<RdmaInit>,
-    /// Where each shard leaves pins of its message memory for shard 0's RDMA registration
+    /// Where each shard leaves pins of its message memory for the RDMA registrations
     /// (only when RDMA may be used). Touched at start and at the first RDMA connection only.
     pub arena_pins: Option<ArenaPins>,
 }

@@ -345,6 +345,16 @@ impl CmId {
         Ok(())
     }
 
+    /// Moves the identifier's events to `ch` (a connection request handed from the listener's
+    /// thread to the thread that will serve it).
+    pub fn migrate(&mut self, ch: &EventChannel) -> io::Result<()> {
+        // SAFETY: both are live; librdmacm moves the identifier and its pending events.
+        if unsafe { rdma_migrate_id(self.raw, ch.raw) } != 0 {
+            return Err(os_err("rdma_migrate_id"));
+        }
+        Ok(())
+    }
+
     pub fn reject(&mut self, private: &[u8]) {
         // SAFETY: the private data lives for the call; failure leaves nothing to clean up.
         unsafe { rdma_reject(self.raw, private.as_ptr().cast(), private.len() as u8) };
@@ -493,6 +503,31 @@ impl Drop for CmId {
             }
             rdma_destroy_id(self.raw);
         }
+    }
+}
+
+/// A connection request's identifier (no queue pair yet) on its way to another thread: the
+/// listener's thread hands it to the shard that will serve it.
+pub struct MovedId(CmId);
+
+// SAFETY: librdmacm identifiers are not tied to a thread (the library locks its own state),
+// and this moves the sole owner: nothing on the sending thread uses the identifier afterwards.
+unsafe impl Send for MovedId {}
+
+impl MovedId {
+    pub fn new(id: CmId) -> MovedId {
+        assert!(!id.qp, "only identifiers without a queue pair move");
+        MovedId(id)
+    }
+
+    pub fn into_inner(self) -> CmId {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for MovedId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MovedId")
     }
 }
 
