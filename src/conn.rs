@@ -110,27 +110,75 @@ fn topic_entry(m: &MsgRef) -> (u64, u32, u16, &MsgRef) {
 /// memory, which is what keeps that memory from being reused).
 pub type GatherKeep = VecDeque<(u64, Bytes)>;
 
+/// Output a ring connection holds back behind a full outgoing ring, in order: bytes already
+/// encoded (replies), and queue deliveries not yet encoded, which are written straight into
+/// the ring (or gathered by the NIC) once it has room, rather than copied into a buffer first.
+#[derive(Debug)]
+pub enum HeldOutput {
+    Bytes(Vec<u8>),
+    Deliver { id: u32, items: VecDeque<DeliverItem> },
+}
+
+/// One held queue delivery: tag, delivery count, flags and the record.
+#[derive(Debug, Clone)]
+pub struct DeliverItem {
+    pub tag: u64,
+    pub deliveries: u32,
+    pub flags: u16,
+    pub rec: MsgRef,
+}
+
+fn held_entry(d: &DeliverItem) -> (u64, u32, u16, &MsgRef) {
+    (d.tag, d.deliveries, d.flags, &d.rec)
+}
+
+/// Writes DELIVER frames for as many of `items` as fit into the ring's free space, records
+/// the NIC can gather left to it. Returns (entries written, record bytes copied), or `None`
+/// when the client's head is impossible (nothing written; `flush_ring` finds the same and
+/// closes the connection).
+fn write_direct<T>(
+    ring: &mut RingConn,
+    pos: &RingPositions,
+    keep: &mut GatherKeep,
+    id: u32,
+    items: &[T],
+    entry: impl Fn(&T) -> (u64, u32, u16, &MsgRef),
+) -> Option<(usize, usize)> {
+    let region = ring.region().clone();
+    let tx = region.s2c();
+    let (mut n, mut bytes) = (0, 0);
+    let tail = pos.tx_tail.get();
+    let used = tx.write_with_after(tail, |buf| {
+        let mut gather = |at: usize, m: &MsgRef| ring.gather(tail + at as u64, m, keep);
+        let (used, w, b) = write_deliver_into(buf, id, items, &entry, &mut gather);
+        (n, bytes) = (w, b);
+        used
+    })?;
+    pos.tx_tail.set(tail + used as u64);
+    Some((n, bytes))
+}
+
 /// `Conn::deliver_to_ring` on the parts of a connection, so `pump` can use it while it walks
-/// the subscriptions.
+/// the subscriptions. `blocked`: output is already held back (nothing may overtake it).
 #[allow(clippy::too_many_arguments)]
 fn ring_deliver<T>(
     ring: Option<&mut RingConn>,
     pos: &RingPositions,
     keep: &mut GatherKeep,
     out: &mut Vec<u8>,
-    sending: &[u8],
+    blocked: bool,
     id: u32,
     items: &[T],
     entry: impl Fn(&T) -> (u64, u32, u16, &MsgRef),
 ) -> (usize, usize, usize) {
     let Some(ring) = ring else { return (0, 0, 0) };
-    if !sending.is_empty() || items.is_empty() {
+    if blocked || items.is_empty() {
         return (0, 0, 0);
     }
-    let region = ring.region().clone();
-    let tx = region.s2c();
     let mut flushed = 0;
     if !out.is_empty() {
+        let region = ring.region().clone();
+        let tx = region.s2c();
         let tail = pos.tx_tail.get();
         if tx.free_after(tail).is_none_or(|free| free < out.len()) {
             return (0, 0, 0);
@@ -140,21 +188,10 @@ fn ring_deliver<T>(
         flushed = out.len();
         out.clear();
     }
-    let (mut n, mut bytes) = (0, 0);
-    let tail = pos.tx_tail.get();
-    let wrote = tx.write_with_after(tail, |buf| {
-        let mut gather = |at: usize, m: &MsgRef| ring.gather(tail + at as u64, m, keep);
-        let (used, w, b) = write_deliver_into(buf, id, items, &entry, &mut gather);
-        (n, bytes) = (w, b);
-        used
-    });
-    match wrote {
-        Some(used) => pos.tx_tail.set(tail + used as u64),
-        // The client's head is impossible: nothing was written; `flush_ring` finds the same
-        // and closes the connection.
-        None => return (0, 0, flushed),
+    match write_direct(ring, pos, keep, id, items, entry) {
+        Some((n, bytes)) => (n, bytes, flushed),
+        None => (0, 0, flushed),
     }
-    (n, bytes, flushed)
 }
 
 /// A topic subscription's bounded buffer.
@@ -310,6 +347,10 @@ pub struct Conn {
     /// Message memory an RDMA link's writes still read (after `ring`, so the link, and its
     /// queue pair, go first).
     pub gather_keep: GatherKeep,
+    /// A ring connection's output held back behind a full ring, after `sending` and before
+    /// `out` ([`HeldOutput`]), and the record bytes its deliveries hold.
+    pub held: VecDeque<HeldOutput>,
+    pub held_bytes: usize,
     /// Input is not being parsed until outstanding requests drain (a gateway's send window).
     pub paused: bool,
     /// Acknowledgements a gateway holds back while the output is above its high-water mark
@@ -341,6 +382,8 @@ impl Conn {
             ring: None,
             ring_pos: RingPositions::default(),
             gather_keep: GatherKeep::new(),
+            held: VecDeque::new(),
+            held_bytes: 0,
             paused: false,
             deferred_settles: Vec::new(),
         }
@@ -357,8 +400,49 @@ impl Conn {
         items: &[T],
         entry: impl Fn(&T) -> (u64, u32, u16, &MsgRef),
     ) -> (usize, usize, usize) {
-        let Conn { ring, ring_pos, gather_keep, out, sending, .. } = self;
-        ring_deliver(ring.as_deref_mut(), ring_pos, gather_keep, out, sending, id, items, entry)
+        let blocked = !self.sending.is_empty() || !self.held.is_empty();
+        let Conn { ring, ring_pos, gather_keep, out, .. } = self;
+        ring_deliver(ring.as_deref_mut(), ring_pos, gather_keep, out, blocked, id, items, entry)
+    }
+
+    /// Holds queue deliveries a ring connection's full ring did not take, behind what is
+    /// already waiting (the buffered output first, so order is kept), to be written straight
+    /// into the ring by `write_held` once it has room.
+    pub fn hold_deliveries(&mut self, id: u32, items: impl Iterator<Item = DeliverItem>) {
+        if !self.out.is_empty() {
+            self.held.push_back(HeldOutput::Bytes(std::mem::take(&mut self.out)));
+        }
+        let items: VecDeque<DeliverItem> = items.collect();
+        self.held_bytes += items.iter().map(|d| d.rec.len as usize).sum::<usize>();
+        self.held.push_back(HeldOutput::Deliver { id, items });
+    }
+
+    /// Moves held output towards the ring, in order, as far as it has room: bytes into
+    /// `sending` (the caller copies them), deliveries written straight in. Returns the record
+    /// bytes copied, or `None` when the client's head is impossible.
+    pub fn write_held(&mut self) -> Option<usize> {
+        let mut copied = 0;
+        let Conn { ring, ring_pos, gather_keep, held, held_bytes, sending, .. } = self;
+        let Some(ring) = ring.as_deref_mut() else { return Some(0) };
+        while sending.is_empty() {
+            match held.front_mut() {
+                None => break,
+                Some(HeldOutput::Bytes(b)) => *sending = std::mem::take(b),
+                Some(HeldOutput::Deliver { id, items }) => {
+                    let front = items.make_contiguous();
+                    let (n, b) = write_direct(ring, ring_pos, gather_keep, *id, front, held_entry)?;
+                    copied += b;
+                    for d in items.drain(..n) {
+                        *held_bytes -= d.rec.len as usize;
+                    }
+                    if !items.is_empty() {
+                        break; // the ring is full
+                    }
+                }
+            }
+            held.pop_front();
+        }
+        Some(copied)
     }
 
     /// Whether `id` is already used by a consumer or subscription of this connection.
@@ -381,7 +465,8 @@ impl Conn {
             return (session.pump(&mut self.subs, &mut self.out, high_water, now_us), 0, 0);
         }
         let (mut written, mut bytes, mut flushed) = (0, 0, 0);
-        let Conn { subs, ring, ring_pos, gather_keep, out, sending, .. } = self;
+        let blocked = !self.sending.is_empty() || !self.held.is_empty();
+        let Conn { subs, ring, ring_pos, gather_keep, out, .. } = self;
         for (&id, sub) in subs.iter_mut() {
             // Straight into the ring while nothing waits ahead, then into `out`.
             while !sub.pending.is_empty() {
@@ -390,7 +475,7 @@ impl Conn {
                 let front = &front[..n];
                 let ring = ring.as_deref_mut();
                 let (w, b, f) =
-                    ring_deliver(ring, ring_pos, gather_keep, out, sending, id, front, topic_entry);
+                    ring_deliver(ring, ring_pos, gather_keep, out, blocked, id, front, topic_entry);
                 (written, bytes, flushed) = (written + w, bytes + b, flushed + f);
                 sub.pending.drain(..w);
                 if w < n {

@@ -20,7 +20,7 @@ use crate::arena::Bytes;
 use crate::broker::pattern;
 use crate::broker::queue::{Delivered, QMsg, Queue, QueueOptions, SeekTo, Settle};
 use crate::broker::{MsgRef, SubKey};
-use crate::conn::{write_deliver_frames, SubState};
+use crate::conn::{write_deliver_frames, DeliverItem, SubState};
 use crate::durable::Held;
 use crate::event::{Event, ReplyKind, ReplyTo};
 use crate::metrics;
@@ -494,7 +494,14 @@ impl Shard {
             return self.write_mqtt_messages(key, msgs);
         }
         let (direct, mut copied, flushed) = conn.deliver_to_ring(key.id, &msgs, queue_entry);
-        if direct < msgs.len() {
+        if direct < msgs.len() && conn.ring.is_some() {
+            // Behind a full ring: held, and written straight into it once it has room.
+            let rest = msgs[direct..].iter().map(|m| {
+                let (tag, deliveries, flags, rec) = queue_entry(m);
+                DeliverItem { tag, deliveries, flags, rec: rec.clone() }
+            });
+            conn.hold_deliveries(key.id, rest);
+        } else if direct < msgs.len() {
             let rest =
                 msgs[direct..].iter().map(queue_entry).map(|(t, d, f, r)| (t, d, f, r.bytes()));
             copied += write_deliver_frames(&mut conn.out, key.id, rest).1;

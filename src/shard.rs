@@ -803,8 +803,8 @@ impl Shard {
         };
         // An error frame is written before the close; a vanished peer's output is dropped.
         let unsent = conn.ring.as_ref().is_some_and(|r| r.has_unsent());
-        let flushed =
-            !conn.flush_on_close || (conn.out.is_empty() && conn.sending.is_empty() && !unsent);
+        let flushed = !conn.flush_on_close
+            || (conn.out.is_empty() && conn.sending.is_empty() && conn.held.is_empty() && !unsent);
         if !conn.closing || conn.recv_armed || conn.send_inflight || !flushed {
             return;
         }

@@ -184,15 +184,22 @@ impl Shard {
     /// the rest waits in `sending` until the client frees space (noticed by `poll_rings`).
     pub fn flush_ring(&mut self, slot: u32) {
         let Some(conn) = self.conns[slot as usize].as_mut() else { return };
-        let ring = conn.ring.as_mut().expect("ring connection");
-        let region = ring.region().clone();
+        let region = conn.ring.as_ref().expect("ring connection").region().clone();
         let tx = region.s2c();
-        let mut wrote = 0;
+        let (mut wrote, mut copied) = (0, 0);
         let mut corrupt = false;
         loop {
             if conn.sending.is_empty() {
-                if conn.out.is_empty() {
+                // Held output first (deliveries written straight in), then the buffer.
+                let Some(b) = conn.write_held() else {
+                    corrupt = true;
                     break;
+                };
+                copied += b;
+            }
+            if conn.sending.is_empty() {
+                if !conn.held.is_empty() || conn.out.is_empty() {
+                    break; // a held delivery waits for room, or nothing is left
                 }
                 std::mem::swap(&mut conn.sending, &mut conn.out);
                 conn.send_offset = 0;
@@ -212,13 +219,17 @@ impl Shard {
             conn.send_offset = 0;
         }
         metrics::add(&self.metrics.ring_bytes_out, wrote as u64);
+        // Held deliveries were counted as delivered when they were held.
+        metrics::add(&self.metrics.copy_deliver_bytes, copied as u64);
         // Deliveries may have been written straight into the ring this pass, so always: a shm
         // client is woken only if it sleeps, an RDMA link posts only what is new.
-        ring.after_write();
+        conn.ring.as_mut().expect("ring connection").after_write();
         if corrupt && !conn.closing {
             // The client moved its head where it cannot be: nothing more can be written to it.
             conn.out.clear();
             conn.sending.clear();
+            conn.held.clear();
+            conn.held_bytes = 0;
             conn.send_offset = 0;
             eprintln!("rdmq: ring connection {slot}: client's ring head corrupted; closing");
             self.close_conn(slot);
@@ -275,7 +286,7 @@ impl Shard {
 fn has_input(conn: &Conn, region: &Region, high_water: usize) -> bool {
     let (rx, pos) = (region.c2s(), &conn.ring_pos);
     !conn.closing
-        && conn.out.len() + conn.sending.len() < high_water
+        && conn.out.len() + conn.sending.len() + conn.held_bytes < high_water
         && pos.rx_stalled_at.get() != Some(rx.tail())
         && rx.readable_after(pos.rx_head.get()) != Some(0)
 }
@@ -283,5 +294,6 @@ fn has_input(conn: &Conn, region: &Region, high_water: usize) -> bool {
 /// Whether output held back by a full outgoing ring can move (or the client's head is
 /// impossible, which the flush reports).
 fn held_output_can_move(conn: &Conn, region: &Region) -> bool {
-    !conn.sending.is_empty() && region.s2c().free_after(conn.ring_pos.tx_tail.get()) != Some(0)
+    (!conn.sending.is_empty() || !conn.held.is_empty())
+        && region.s2c().free_after(conn.ring_pos.tx_tail.get()) != Some(0)
 }

@@ -85,7 +85,7 @@ fn killed_consumer_messages_are_redelivered() {
 /// another shard (every shard's message memory is registered).
 #[test]
 fn deliveries_are_written_from_message_memory_without_a_copy() {
-    use common::transport::{copies, COPIES_MESSAGES as N, COPIES_RECORD as RECORD};
+    use common::transport::{copies, copies_n, COPIES_MESSAGES as N, COPIES_RECORD as RECORD};
     for durability in [rdmq_client::Durability::Memory, rdmq_client::Durability::Fsync] {
         let Some((server, url)) = server(1) else { return };
         let c = copies(server, &url, &url, durability);
@@ -94,6 +94,12 @@ fn deliveries_are_written_from_message_memory_without_a_copy() {
         assert_eq!(c.rdma_gather, N * RECORD, "{durability:?}: {c:?}");
         assert_eq!(c.copy_journal, 0, "{durability:?}: {c:?}");
     }
+    // A consumer that reads nothing until 30,000 (7 MB) are published: its ring fills, and
+    // the deliveries that wait are still written from message memory once it drains.
+    let Some((slow, url)) = server(1) else { return };
+    let tcp = slow.url.clone();
+    let c = copies_n(slow, &tcp, &url, rdmq_client::Durability::Memory, 30_000);
+    assert_eq!((c.copy_deliver, c.rdma_gather), (0, 30_000 * RECORD), "slow consumer: {c:?}");
     // Two shards, producers over TCP: whichever shard a producer lands on, its batches are
     // delivered from where that shard received them.
     for _ in 0..3 {

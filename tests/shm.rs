@@ -295,7 +295,7 @@ fn other_users_are_refused_unless_allowed() {
 /// then the batch).
 #[test]
 fn payload_copies_over_shm_are_one_in_and_one_out() {
-    use common::transport::{copies, COPIES_MESSAGES as N, COPIES_RECORD as RECORD};
+    use common::transport::{copies, copies_n, COPIES_MESSAGES as N, COPIES_RECORD as RECORD};
     use rdmq_client::Durability;
     for durability in [Durability::Memory, Durability::Fsync] {
         let server = Server::start(1);
@@ -310,6 +310,15 @@ fn payload_copies_over_shm_are_one_in_and_one_out() {
         assert!(c.ring_out < 4096, "deliveries went through the output buffer: {} B", c.ring_out);
         assert_eq!(c.copy_journal, 0, "{durability:?}: the journal copied {} B", c.copy_journal);
     }
+    // A consumer on its own connection that reads nothing until all 30,000 (7 MB) are
+    // published: its 4 MiB ring fills, and the deliveries that wait are still written
+    // straight into it once it drains (not copied into the output buffer first).
+    let server = Server::start(1);
+    let url = server.shm_url.clone();
+    let tcp_url = server.url.clone();
+    let c = copies_n(server, &tcp_url, &url, Durability::Memory, 30_000);
+    assert_eq!(c.copy_deliver, 30_000 * RECORD, "slow consumer: {c:?}");
+    assert!(c.ring_out < 4096, "slow consumer: deliveries through the output buffer: {c:?}");
     let server = Server::start(1);
     let url = server.url.clone();
     let tcp = copies(server, &url, &url, Durability::Memory);

@@ -209,14 +209,20 @@ pub struct Copies {
 /// Publishes [`COPIES_MESSAGES`] messages over `from` to a queue of `durability` and consumes
 /// them over `to` (the same connection when they are the same URL), then stops `server` and
 /// returns its copy counters.
-pub fn copies(
+pub fn copies(server: Server, from: &str, to: &str, durability: rdmq_client::Durability) -> Copies {
+    copies_n(server, from, to, durability, COPIES_MESSAGES)
+}
+
+/// [`copies`] with `n` messages. The consumer reads nothing until every message is published
+/// and confirmed, so with more than a ring's worth its ring fills and the rest wait.
+pub fn copies_n(
     mut server: Server,
     from: &str,
     to: &str,
     durability: rdmq_client::Durability,
+    n: usize,
 ) -> Copies {
     const PAYLOAD: usize = COPIES_RECORD - 40;
-    let n = COPIES_MESSAGES;
     let conn = server.connect_url(to);
     let other = (from != to).then(|| server.connect_url(from));
     let opts = QueueOptions { durability, ..Default::default() };
