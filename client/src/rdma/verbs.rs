@@ -25,8 +25,6 @@ use rdma_sys::*;
 
 use crate::shm::Region;
 
-/// Work requests one `post_writes` call chains at most (a ring span split at the wrap point).
-const CHAIN_MAX: usize = 2;
 /// Scatter entries one gathered WRITE carries at most (queue pairs are created for this many;
 /// rxe and current NICs take 30 or more).
 pub const SGE_MAX: usize = 16;
@@ -378,52 +376,6 @@ impl CmId {
         let mut bad = ptr::null_mut();
         // SAFETY: the QP is live; the WR has no scatter entries, so no memory is referenced.
         check(unsafe { ibv_post_recv(self.qp_raw(), &mut wr, &mut bad) }, "ibv_post_recv")
-    }
-
-    /// Posts RDMA WRITEs of spans `(offset, len, remote_addr)` of the memory registered as
-    /// `mr` to the peer's memory under `rkey`, the last one WITH IMMEDIATE `imm`; all signaled,
-    /// tagged `wr_id`. A remote span outside the peer's registration fails that work request
-    /// (an error completion), nothing else.
-    pub fn post_writes(
-        &self,
-        mr: &Mr,
-        spans: &[(u64, u32, u64)],
-        rkey: u32,
-        imm: u32,
-        wr_id: u64,
-    ) -> io::Result<()> {
-        assert!(!spans.is_empty() && spans.len() <= CHAIN_MAX);
-        let mut sges = [ibv_sge { addr: 0, length: 0, lkey: mr.lkey() }; CHAIN_MAX];
-        // SAFETY: ibv_send_wr is plain old data; all-zero is valid before the fields.
-        let mut wrs: [ibv_send_wr; CHAIN_MAX] = unsafe { std::mem::zeroed() };
-        let n = spans.len();
-        for (i, &(offset, len, _)) in spans.iter().enumerate() {
-            assert!(offset + len as u64 <= mr.len as u64, "span outside the registration");
-            sges[i].addr = mr.addr + offset;
-            sges[i].length = len;
-        }
-        let base = wrs.as_mut_ptr();
-        for i in 0..n {
-            let wr = &mut wrs[i];
-            wr.wr_id = wr_id;
-            wr.sg_list = &mut sges[i];
-            wr.num_sge = 1;
-            wr.send_flags = ibv_send_flags::IBV_SEND_SIGNALED.0;
-            wr.wr.rdma = rdma_t { remote_addr: spans[i].2, rkey };
-            if i + 1 < n {
-                wr.opcode = ibv_wr_opcode::IBV_WR_RDMA_WRITE;
-                // SAFETY: `i + 1 < n <= CHAIN_MAX`, inside `wrs`.
-                wr.next = unsafe { base.add(i + 1) };
-            } else {
-                wr.opcode = ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM;
-                wr.imm_data_invalidated_rkey_union.imm_data = imm.to_be();
-            }
-        }
-        let mut bad = ptr::null_mut();
-        // SAFETY: the chain and its scatter entries live for the call; the local spans are
-        // inside `mr`, whose memory the registration keeps mapped (it holds the region) until
-        // it is dropped, which happens after the queue pair is destroyed.
-        check(unsafe { ibv_post_send(self.qp_raw(), base, &mut bad) }, "ibv_post_send")
     }
 
     /// Posts chained RDMA WRITEs, each gathering `sges[range]` (every entry inside its
