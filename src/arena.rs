@@ -20,7 +20,7 @@
 //! This is one of the modules allowed `unsafe`: it maps memory and hands out views of it.
 #![allow(unsafe_code)]
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::metrics::{self, Metrics};
@@ -34,24 +34,18 @@ const ALIGN: usize = 8;
 
 static WARNED: AtomicBool = AtomicBool::new(false);
 
-/// Memory that handles point into: one mapped chunk, or one heap buffer.
-struct Chunk {
+/// One 2 MiB mapping, unmapped when the last of its chunk and its pins lets go.
+struct Mapping {
     base: *mut u8,
-    len: usize,
-    /// Keeps a heap buffer alive (`None` for a mapping, unmapped on drop).
-    heap: Option<Box<[u8]>>,
-    /// Live [`ChunkPin`]s: holders the arena expects besides itself.
-    pins: AtomicUsize,
 }
 
-// SAFETY: a chunk is plain memory. Bytes behind a handle are never written while the handle
-// lives (see the module comment), so sharing and sending handles between shards is sound.
-unsafe impl Send for Chunk {}
+// SAFETY: plain memory; who may write it is governed by the chunk over it (module comment).
+unsafe impl Send for Mapping {}
 // SAFETY: as above.
-unsafe impl Sync for Chunk {}
+unsafe impl Sync for Mapping {}
 
-impl Chunk {
-    fn map() -> std::io::Result<Chunk> {
+impl Mapping {
+    fn new() -> std::io::Result<Mapping> {
         let prot = libc::PROT_READ | libc::PROT_WRITE;
         let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
         // SAFETY: anonymous mapping with no address hint; the result is checked.
@@ -59,7 +53,7 @@ impl Chunk {
             libc::mmap(std::ptr::null_mut(), HUGE_PAGE, prot, flags | libc::MAP_HUGETLB, -1, 0)
         };
         if huge != libc::MAP_FAILED {
-            return Ok(Chunk { base: huge.cast(), len: HUGE_PAGE, heap: None, pins: 0.into() });
+            return Ok(Mapping { base: huge.cast() });
         }
         if !WARNED.swap(true, Ordering::Relaxed) {
             eprintln!(
@@ -79,20 +73,58 @@ impl Chunk {
         unsafe { libc::madvise(base, HUGE_PAGE, libc::MADV_HUGEPAGE) };
         // SAFETY: as above; on kernels before 5.14 the pages are faulted in on first use.
         unsafe { libc::madvise(base, HUGE_PAGE, libc::MADV_POPULATE_WRITE) };
-        Ok(Chunk { base: base.cast(), len: HUGE_PAGE, heap: None, pins: 0.into() })
+        Ok(Mapping { base: base.cast() })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: mapped with this length in `new`; the chunk over it (and so every handle and
+        // io_uring write) and every pin (and so every NIC registration) are gone.
+        unsafe { libc::munmap(self.base.cast(), HUGE_PAGE) };
+    }
+}
+
+/// Memory that handles point into: one mapped chunk, or one heap buffer. The arena reuses a
+/// chunk only when it holds the chunk's sole reference; NIC registrations hold the mapping
+/// ([`ChunkPin`]), not the chunk, so they never count as holding it.
+struct Chunk {
+    base: *mut u8,
+    len: usize,
+    owner: Owner,
+}
+
+enum Owner {
+    Mapped(#[allow(dead_code)] Arc<Mapping>),
+    /// A heap buffer, from `Box::into_raw`, freed in `drop`.
+    Heap,
+}
+
+// SAFETY: a chunk is plain memory. Bytes behind a handle are never written while the handle
+// lives (see the module comment), so sharing and sending handles between shards is sound.
+unsafe impl Send for Chunk {}
+// SAFETY: as above.
+unsafe impl Sync for Chunk {}
+
+impl Chunk {
+    fn map() -> std::io::Result<Chunk> {
+        let m = Arc::new(Mapping::new()?);
+        Ok(Chunk { base: m.base, len: HUGE_PAGE, owner: Owner::Mapped(m) })
     }
 
-    fn heap(mut buf: Box<[u8]>) -> Chunk {
-        Chunk { base: buf.as_mut_ptr(), len: buf.len(), heap: Some(buf), pins: 0.into() }
+    fn heap(buf: Box<[u8]>) -> Chunk {
+        let len = buf.len();
+        let base = Box::into_raw(buf).cast::<u8>();
+        Chunk { base, len, owner: Owner::Heap }
     }
 }
 
 impl Drop for Chunk {
     fn drop(&mut self) {
-        if self.heap.is_none() {
-            // SAFETY: the mapping was made with this length, and the last handle into it is
-            // going: nothing (no io_uring write either, which holds a handle) reads it any more.
-            unsafe { libc::munmap(self.base.cast(), self.len) };
+        if let Owner::Heap = self.owner {
+            let raw = std::ptr::slice_from_raw_parts_mut(self.base, self.len);
+            // SAFETY: made by `Box::into_raw` in `heap` with this length, freed only here.
+            drop(unsafe { Box::from_raw(raw) });
         }
     }
 }
@@ -136,7 +168,7 @@ impl Bytes {
 
     /// Whether this span lives in a mapped chunk (not the heap).
     pub fn in_arena(&self) -> bool {
-        self.chunk.heap.is_none()
+        matches!(self.chunk.owner, Owner::Mapped(_))
     }
 }
 
@@ -195,34 +227,15 @@ pub struct Arena {
     metrics: Option<Arc<Metrics>>,
 }
 
-/// A whole chunk, for a NIC registration: keeps the chunk mapped for as long as it lives, and
-/// is counted by the chunk as a holder the arena expects, so the chunk is still reused.
-pub struct ChunkPin(Arc<Chunk>);
+/// A whole chunk's mapping, for a NIC registration: keeps the memory mapped for as long as it
+/// lives, without holding the chunk (the arena goes on reusing it).
+#[derive(Clone)]
+pub struct ChunkPin(Arc<Mapping>);
 
 impl ChunkPin {
-    fn new(chunk: &Arc<Chunk>) -> ChunkPin {
-        // Held before it is counted, and (in `drop`) uncounted before it is let go: in between
-        // the arena sees one holder too many, and waits.
-        let pin = ChunkPin(chunk.clone());
-        chunk.pins.fetch_add(1, Ordering::AcqRel);
-        pin
-    }
-
     /// The chunk's memory.
     pub fn span(&self) -> (*const u8, usize) {
-        (self.0.base, self.0.len)
-    }
-}
-
-impl Clone for ChunkPin {
-    fn clone(&self) -> ChunkPin {
-        ChunkPin::new(&self.0)
-    }
-}
-
-impl Drop for ChunkPin {
-    fn drop(&mut self) {
-        self.0.pins.fetch_sub(1, Ordering::AcqRel);
+        (self.0.base, HUGE_PAGE)
     }
 }
 
@@ -304,12 +317,11 @@ impl Arena {
         true
     }
 
-    /// Whether only the arena and its pins hold chunk `i`. The fence pairs with the release
-    /// of the last other handle's drop (as in `Arc`'s own drop), so what that holder did with
-    /// the bytes happens before they are written again.
+    /// Whether only the arena holds chunk `i` (pins hold its mapping, not it). The fence
+    /// pairs with the release of the last other handle's drop (as in `Arc`'s own drop), so
+    /// what that holder did with the bytes happens before they are written again.
     fn unheld(&self, i: usize) -> bool {
-        let c = &self.chunks[i];
-        let unheld = Arc::strong_count(c) == 1 + c.pins.load(Ordering::Acquire);
+        let unheld = Arc::strong_count(&self.chunks[i]) == 1;
         if unheld {
             std::sync::atomic::fence(Ordering::Acquire);
         }
@@ -321,10 +333,14 @@ impl Arena {
         (0..self.chunks.len()).filter(|&i| !self.unheld(i)).count()
     }
 
-    /// One pin per chunk, to register the whole arena with a NIC; the arena does not count
-    /// them as holding the chunks.
+    /// One pin per chunk, to register the whole arena with a NIC; they do not hold the
+    /// chunks, only keep their memory mapped.
     pub fn pins(&self) -> Vec<ChunkPin> {
-        self.chunks.iter().map(ChunkPin::new).collect()
+        let mapping = |c: &Arc<Chunk>| match &c.owner {
+            Owner::Mapped(m) => ChunkPin(m.clone()),
+            Owner::Heap => unreachable!("arena chunks are mapped"),
+        };
+        self.chunks.iter().map(mapping).collect()
     }
 }
 

@@ -348,9 +348,12 @@ pub struct Conn {
     /// queue pair, go first).
     pub gather_keep: GatherKeep,
     /// A ring connection's output held back behind a full ring, after `sending` and before
-    /// `out` ([`HeldOutput`]), and the record bytes its deliveries hold.
+    /// `out` ([`HeldOutput`]); the bytes it holds (record bytes of deliveries, all of the
+    /// rest), which count toward the output high-water mark; and the free ring space the
+    /// front delivery waits for (0: any).
     pub held: VecDeque<HeldOutput>,
     pub held_bytes: usize,
+    pub held_need: usize,
     /// Input is not being parsed until outstanding requests drain (a gateway's send window).
     pub paused: bool,
     /// Acknowledgements a gateway holds back while the output is above its high-water mark
@@ -384,6 +387,7 @@ impl Conn {
             gather_keep: GatherKeep::new(),
             held: VecDeque::new(),
             held_bytes: 0,
+            held_need: 0,
             paused: false,
             deferred_settles: Vec::new(),
         }
@@ -407,14 +411,37 @@ impl Conn {
 
     /// Holds queue deliveries a ring connection's full ring did not take, behind what is
     /// already waiting (the buffered output first, so order is kept), to be written straight
-    /// into the ring by `write_held` once it has room.
-    pub fn hold_deliveries(&mut self, id: u32, items: impl Iterator<Item = DeliverItem>) {
+    /// into the ring by `write_held` once it has room. A delivery whose frame could not fit
+    /// even an empty ring is encoded here instead, to go in pieces like other output. Returns
+    /// the record bytes that encoding copied.
+    pub fn hold_deliveries(&mut self, id: u32, items: impl Iterator<Item = DeliverItem>) -> usize {
+        use rdmq_client::wire::deliver::{BODY_HEADER_LEN, ENTRY_HEADER_LEN};
+        use rdmq_client::wire::FRAME_HEADER_LEN;
+        let ring_bytes = self.ring.as_ref().map_or(0, |r| r.region().ring_bytes());
+        let whole = |d: &DeliverItem| {
+            FRAME_HEADER_LEN + BODY_HEADER_LEN + ENTRY_HEADER_LEN + d.rec.len as usize <= ring_bytes
+        };
         if !self.out.is_empty() {
+            self.held_bytes += self.out.len();
             self.held.push_back(HeldOutput::Bytes(std::mem::take(&mut self.out)));
         }
-        let items: VecDeque<DeliverItem> = items.collect();
-        self.held_bytes += items.iter().map(|d| d.rec.len as usize).sum::<usize>();
-        self.held.push_back(HeldOutput::Deliver { id, items });
+        let mut copied = 0;
+        for d in items {
+            if !whole(&d) {
+                let mut frame = Vec::new();
+                let entry = (d.tag, d.deliveries, d.flags, d.rec.bytes());
+                copied += write_deliver_frames(&mut frame, id, std::iter::once(entry)).1;
+                self.held_bytes += frame.len();
+                self.held.push_back(HeldOutput::Bytes(frame));
+                continue;
+            }
+            self.held_bytes += d.rec.len as usize;
+            match self.held.back_mut() {
+                Some(HeldOutput::Deliver { id: last, items }) if *last == id => items.push_back(d),
+                _ => self.held.push_back(HeldOutput::Deliver { id, items: VecDeque::from([d]) }),
+            }
+        }
+        copied
     }
 
     /// Moves held output towards the ring, in order, as far as it has room: bytes into
@@ -422,12 +449,16 @@ impl Conn {
     /// bytes copied, or `None` when the client's head is impossible.
     pub fn write_held(&mut self) -> Option<usize> {
         let mut copied = 0;
-        let Conn { ring, ring_pos, gather_keep, held, held_bytes, sending, .. } = self;
+        let Conn { ring, ring_pos, gather_keep, held, held_bytes, held_need, sending, .. } = self;
         let Some(ring) = ring.as_deref_mut() else { return Some(0) };
+        *held_need = 0;
         while sending.is_empty() {
             match held.front_mut() {
                 None => break,
-                Some(HeldOutput::Bytes(b)) => *sending = std::mem::take(b),
+                Some(HeldOutput::Bytes(b)) => {
+                    *held_bytes -= b.len();
+                    *sending = std::mem::take(b);
+                }
                 Some(HeldOutput::Deliver { id, items }) => {
                     let front = items.make_contiguous();
                     let (n, b) = write_direct(ring, ring_pos, gather_keep, *id, front, held_entry)?;
@@ -435,8 +466,15 @@ impl Conn {
                     for d in items.drain(..n) {
                         *held_bytes -= d.rec.len as usize;
                     }
-                    if !items.is_empty() {
-                        break; // the ring is full
+                    if let Some(next) = items.front() {
+                        // The ring is full: wait until the next whole frame fits (it fits an
+                        // empty ring: `hold_deliveries` sees to that).
+                        use rdmq_client::wire::deliver::{BODY_HEADER_LEN, ENTRY_HEADER_LEN};
+                        *held_need = rdmq_client::wire::FRAME_HEADER_LEN
+                            + BODY_HEADER_LEN
+                            + ENTRY_HEADER_LEN
+                            + next.rec.len as usize;
+                        break;
                     }
                 }
             }

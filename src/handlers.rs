@@ -500,7 +500,7 @@ impl Shard {
                 let (tag, deliveries, flags, rec) = queue_entry(m);
                 DeliverItem { tag, deliveries, flags, rec: rec.clone() }
             });
-            conn.hold_deliveries(key.id, rest);
+            copied += conn.hold_deliveries(key.id, rest);
         } else if direct < msgs.len() {
             let rest =
                 msgs[direct..].iter().map(queue_entry).map(|(t, d, f, r)| (t, d, f, r.bytes()));

@@ -57,10 +57,10 @@ mod built {
     use crate::metrics;
     use crate::shard::{op, user_data};
     use rdmq_client::rdma::verbs::{
-        self, CmEvent, CmId, Cq, EventChannel, EventKind, MovedId, Mr, Pd, Wc,
+        self, CmEvent, CmId, Cq, EventChannel, EventKind, MovedId, SharedPd, Wc,
     };
     use rdmq_client::rdma::{rejection, Endpoint, Link, RECV_WR, SEND_WR};
-    use std::rc::Rc;
+    use std::sync::Arc;
 
     /// Completions taken per pass, so sockets and mailboxes get their turn under load.
     const COMPLETIONS_PER_PASS: usize = 256;
@@ -82,13 +82,13 @@ mod built {
     }
 
     pub struct RdmaState {
-        // Drop order: the listener identifier, then the CQ and PD (every connection's queue
-        // pair is gone by then: `Shard::conns` is dropped first), the channel last.
+        // Drop order: the listener identifier, then the CQ and this shard's hold on the shared
+        // PD (every connection's queue pair is gone by then: `Shard::conns` is dropped first;
+        // the PD itself goes with its last holder), the channel last.
         _listener: Option<CmId>,
         cq: Option<Cq>,
-        /// The shard's message memory, registered on the PD: deliveries are written from it.
-        sources: Rc<[Mr]>,
-        pd: Option<Pd>,
+        /// The process's shared PD and registered message memory.
+        device: Option<Arc<SharedPd>>,
         ch: EventChannel,
         wcs: Vec<Wc>,
         /// io_uring polls in flight on the CQ channel and the rdma_cm channel.
@@ -107,8 +107,7 @@ mod built {
             RdmaState {
                 _listener: listener,
                 cq: None,
-                sources: Rc::new([]),
-                pd: None,
+                device: None,
                 ch,
                 wcs: vec![Wc::default(); COMPLETIONS_PER_PASS],
                 armed: [false; 2],
@@ -254,6 +253,28 @@ mod built {
             self.rdma_serve(id, &private);
         }
 
+        /// The PD every shard shares, with every shard's message memory registered on it once
+        /// (so deliveries are written from where the records lie, whichever shard received
+        /// them); made on `id`'s device by the first shard to need it.
+        fn shared_pd(&mut self, id: &CmId) -> std::io::Result<Arc<SharedPd>> {
+            let shared = self.rdma_shared.clone().expect("RDMA is configured");
+            let mut shared = shared.lock().expect("not poisoned");
+            if let Some(d) = &shared.device {
+                return Ok(d.clone());
+            }
+            let pins = shared.pins.iter().map(|p| Box::new(p.clone()) as _).collect();
+            let (device, failed) = SharedPd::new(id, pins)?;
+            if let Some(e) = failed {
+                eprintln!(
+                    "rdmq: rdma: cannot register all message memory ({e}; see RLIMIT_MEMLOCK); \
+                     deliveries of records outside it are copied into the staging ring"
+                );
+            }
+            let device = Arc::new(device);
+            shared.device = Some(device.clone());
+            Ok(device)
+        }
+
         /// Accepts a connection request on this shard: its device objects (the first time),
         /// the link, the connection.
         fn rdma_serve(&mut self, id: CmId, private: &[u8]) {
@@ -267,31 +288,20 @@ mod built {
             if r.connections >= self.cfg.rdma_connections_max {
                 return refuse(id, "too many RDMA connections");
             }
-            if r.pd.is_none() {
-                // The first connection names the device: the PD and the shared CQ live on it.
+            if r.cq.is_none() {
+                // This shard's first connection: its CQ, and the process's shared PD (made by
+                // whichever shard serves a connection first, on that connection's device).
                 let entries = (self.cfg.rdma_connections_max as u32 * (SEND_WR + RECV_WR)) as i32;
-                match (Pd::new(&id), Cq::new(&id, entries)) {
-                    (Ok(pd), Ok(cq)) => (r.pd, r.cq) = (Some(pd), Some(cq)),
-                    (Err(e), _) | (_, Err(e)) => return refuse(id, &e.to_string()),
-                }
-                // Register the message memory, so deliveries are written from where the
-                // records lie. Without it (a device that refuses), they are copied as before.
-                // Every shard's, since a record delivered here may have been received there.
-                let pd = r.pd.as_ref().expect("made");
-                let pins = match &self.arena_pins {
-                    Some(p) => p.lock().expect("not poisoned").to_vec(),
-                    None => Vec::new(),
+                let device = match self.shared_pd(&id) {
+                    Ok(d) => d,
+                    Err(e) => return refuse(id, &e.to_string()),
                 };
-                let sources: std::io::Result<Vec<Mr>> =
-                    pins.into_iter().map(|p| Mr::register_pinned(pd, Box::new(p))).collect();
-                let r = self.rdma.as_mut().expect("listening");
-                match sources {
-                    Ok(mrs) => r.sources = mrs.into(),
-                    Err(e) => eprintln!(
-                        "rdmq: rdma: cannot register message memory ({e}); deliveries are \
-                         copied into the connection's staging ring"
-                    ),
-                }
+                let cq = match Cq::new(&id, entries) {
+                    Ok(cq) => cq,
+                    Err(e) => return refuse(id, &e.to_string()),
+                };
+                let r = self.rdma.as_mut().expect("made before");
+                (r.device, r.cq) = (Some(device), Some(cq));
             }
             let Some(slot) = self.free_slots_pop() else {
                 return refuse(id, "connection table full");
@@ -299,12 +309,12 @@ mod built {
             let generation = self.next_generation(slot);
             let token = token(slot, generation);
             let r = self.rdma.as_mut().expect("made before");
-            let (pd, cq) = (r.pd.as_ref().expect("made"), r.cq.as_ref().expect("made"));
-            let sources = r.sources.clone();
+            let device = r.device.clone().expect("made");
+            let cq = r.cq.as_ref().expect("made");
             let gather_min = self.cfg.rdma_gather_min_bytes as usize;
-            let link = Link::new(id, pd, cq, peer.ring_bytes, token).and_then(|mut l| {
+            let link = Link::new(id, device.pd(), cq, peer.ring_bytes, token).and_then(|mut l| {
                 l.set_peer(peer).map_err(std::io::Error::other)?;
-                l.set_sources(sources, gather_min);
+                l.set_sources(device, gather_min);
                 let private = l.endpoint().encode();
                 l.id.accept(&private)?;
                 Ok(l)

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::event::Event;
 use crate::mailbox::{mailbox, Receiver, Sender};
 use crate::metrics::Metrics;
-use crate::shard::{Shard, ShardCtl, ShardInit};
+use crate::shard::{RdmaShared, Shard, ShardCtl, ShardInit};
 use crate::sys;
 
 /// A started server: its bound address and its shard threads.
@@ -121,8 +121,8 @@ impl Server {
         let mut rdma_init = cfg.rdma_addr.map(|a| (a, rdma_tx));
         // Every shard's message memory, for shard 0 to register when RDMA starts being used:
         // a delivery over RDMA is then written from wherever its record was received.
-        let arena_pins = (cfg!(feature = "rdma") && cfg.rdma_addr.is_some())
-            .then(|| Arc::new(std::sync::Mutex::new(Vec::new())));
+        let rdma_shared = (cfg!(feature = "rdma") && cfg.rdma_addr.is_some())
+            .then(|| Arc::new(std::sync::Mutex::new(RdmaShared::default())));
         for (id, (listener, outbox)) in listeners.into_iter().zip(senders).enumerate().rev() {
             let init = ShardInit {
                 ready: ready_tx.clone(),
@@ -137,7 +137,7 @@ impl Server {
                 inbox: receivers.pop().expect("one inbox per shard"),
                 outbox,
                 rdma: if id == 0 { rdma_init.take() } else { None },
-                arena_pins: arena_pins.clone(),
+                rdma_shared: rdma_shared.clone(),
             };
             let cpu = (cfg.pin_threads && !cpus.is_empty()).then(|| cpus[id % cpus.len()]);
             let t = std::thread::Builder::new()

@@ -130,8 +130,9 @@ pub struct Shard {
     pub arena: Arena,
     /// Bytes appended to this shard's journals and not yet written.
     pub journal_backlog: Rc<Backlog>,
-    /// Every shard's message-memory pins (see `ShardInit::arena_pins`).
-    pub arena_pins: Option<ArenaPins>,
+    /// What the shards share for RDMA (see `ShardInit::rdma_shared`).
+    #[cfg_attr(not(feature = "rdma"), allow(dead_code))]
+    pub rdma_shared: Option<RdmaShares>,
     /// Journals by id (the id travels in completion user data).
     pub journals: Vec<Option<JournalEntry>>,
     /// Publish confirms waiting for their queue's durable position, per queue in order.
@@ -177,13 +178,23 @@ pub struct ShardInit {
     /// Told once this shard has recovered its queues and is about to serve.
     pub ready: std::sync::mpsc::Sender<u16>,
     pub rdma: Option<RdmaInit>,
-    /// Where each shard leaves pins of its message memory for the RDMA registrations
-    /// (only when RDMA may be used). Touched at start and at the first RDMA connection only.
-    pub arena_pins: Option<ArenaPins>,
+    /// What the shards share for RDMA (only when RDMA may be used): touched at start and when
+    /// a shard first serves RDMA, never on the data path.
+    pub rdma_shared: Option<RdmaShares>,
 }
 
-/// Pins of every shard's message memory, collected at start (see `ShardInit::arena_pins`).
-pub type ArenaPins = Arc<std::sync::Mutex<Vec<crate::arena::ChunkPin>>>;
+/// What the shards share for RDMA.
+#[derive(Default)]
+pub struct RdmaShared {
+    /// Pins of every shard's message memory, each shard's left at its start.
+    pub pins: Vec<crate::arena::ChunkPin>,
+    /// The protection domain every shard's connections use, with those pins registered on it
+    /// once; made with the first RDMA connection.
+    #[cfg(feature = "rdma")]
+    pub device: Option<Arc<rdmq_client::rdma::verbs::SharedPd>>,
+}
+
+pub type RdmaShares = Arc<std::sync::Mutex<RdmaShared>>;
 
 impl Shard {
     pub fn new(init: ShardInit) -> std::io::Result<Shard> {
@@ -217,13 +228,13 @@ impl Shard {
             dirty_queues: Vec::new(),
             arena: {
                 let a = Arena::new(cfg.journal_ring_bytes)?.with_metrics(init.metrics.clone());
-                if let Some(pins) = &init.arena_pins {
-                    pins.lock().expect("not poisoned").extend(a.pins());
+                if let Some(shared) = &init.rdma_shared {
+                    shared.lock().expect("not poisoned").pins.extend(a.pins());
                 }
                 a
             },
             journal_backlog: Backlog::new(cfg.journal_ring_bytes as u64),
-            arena_pins: init.arena_pins,
+            rdma_shared: init.rdma_shared,
             journals: Vec::new(),
             held: FxHashMap::default(),
             subscriptions: SubscriptionTable::default(),
@@ -782,6 +793,8 @@ impl Shard {
         conn.flush_on_close = flush;
         if !flush {
             conn.out.clear();
+            conn.held.clear();
+            conn.held_bytes = 0;
         }
         let generation = conn.generation;
         if conn.recv_armed {

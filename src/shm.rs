@@ -294,6 +294,12 @@ fn has_input(conn: &Conn, region: &Region, high_water: usize) -> bool {
 /// Whether output held back by a full outgoing ring can move (or the client's head is
 /// impossible, which the flush reports).
 fn held_output_can_move(conn: &Conn, region: &Region) -> bool {
-    (!conn.sending.is_empty() || !conn.held.is_empty())
-        && region.s2c().free_after(conn.ring_pos.tx_tail.get()) != Some(0)
+    let free = region.s2c().free_after(conn.ring_pos.tx_tail.get());
+    // `None`: the head is impossible, which the flush reports.
+    let enough = |need: usize| free.is_none_or(|f| f > 0 && f >= need);
+    if !conn.sending.is_empty() {
+        enough(1)
+    } else {
+        !conn.held.is_empty() && enough(conn.held_need)
+    }
 }

@@ -55,6 +55,59 @@ fn full_rings_stall_without_loss() {
     server.assert_serves();
 }
 
+/// A queue message larger than the consumer's whole ring (a TCP producer may send one) still
+/// arrives: it cannot be written into the ring whole, so it goes in pieces, and what follows
+/// it is not stuck behind it.
+#[test]
+fn a_message_larger_than_the_consumers_ring_arrives() {
+    let server = Server::start_with(1, "shm_ring_bytes = 1048576\n");
+    let (tcp, shm) = (server.connect(), server.connect_url(&server.shm_url));
+    tcp.declare_queue("shm.big", &rdmq_client::QueueOptions::default()).unwrap();
+    let mut c = shm.consume("shm.big", 8).unwrap();
+    let big: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 253) as u8).collect();
+    let mut p = tcp.queue_producer("shm.big");
+    p.send(b"before").unwrap();
+    p.send(&big).unwrap();
+    p.send(b"after").unwrap();
+    p.flush().unwrap();
+    let got: Vec<Vec<u8>> = recv_n(&mut c, 3).iter().map(|d| d.payload().to_vec()).collect();
+    assert_eq!(got[0], b"before");
+    assert!(got[1] == big, "the 3 MiB message arrived damaged ({} bytes)", got[1].len());
+    assert_eq!(got[2], b"after");
+    server.assert_serves();
+}
+
+/// CPU time (user + system, in clock ticks) process `pid` has used so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses): utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// A consumer that stops reading leaves deliveries held behind its full ring; the shard then
+/// sleeps until the client frees space rather than looking again every pass.
+#[test]
+fn deliveries_held_for_a_stalled_consumer_cost_no_cpu() {
+    let server = Server::start_with(1, "shm_ring_bytes = 65536\n");
+    let (tcp, shm) = (server.connect(), server.connect_url(&server.shm_url));
+    tcp.declare_queue("shm.held", &rdmq_client::QueueOptions::default()).unwrap();
+    let mut c = shm.consume("shm.held", 10_000).unwrap();
+    let mut p = tcp.queue_producer("shm.held");
+    for i in 0..2_000u32 {
+        p.send(&[i as u8; 200]).unwrap();
+    }
+    p.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_ticks(server.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(server.pid()) - before;
+    // A shard looking every pass would use the whole second (100 ticks).
+    assert!(used < 50, "the server used {used} ticks in 1 s with a stalled consumer");
+    assert_eq!(recv_n(&mut c, 2_000).len(), 2_000);
+}
+
 #[test]
 fn killed_consumer_messages_are_redelivered() {
     let server = Server::start(2);

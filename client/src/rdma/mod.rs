@@ -33,10 +33,11 @@ use std::io;
 use std::net::{SocketAddr, SocketAddrV4, ToSocketAddrs};
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::shm::{Region, RING_BYTES_MAX, RING_BYTES_MIN};
-use verbs::{CmId, Cq, EventChannel, EventKind, Mr, Pd, QpCaps, RingOf, Wc};
+use verbs::{CmId, Cq, EventChannel, EventKind, Mr, Pd, QpCaps, RingOf, SharedPd, Wc};
 
 /// Send work requests per queue pair: writes in flight plus credit messages. A sender with
 /// none free waits for completions (counted in `Link::sq_free`).
@@ -126,9 +127,6 @@ pub struct Link {
     pub id: CmId,
     rx_mr: Mr,
     tx_mr: Mr,
-    /// Other registered memory staged spans may be written from (see [`Link::gather`]).
-    sources: Rc<[Mr]>,
-    gather_min: usize,
     pub region: Rc<Region>,
     /// Work request ids are `token << 8 | kind`.
     token: u64,
@@ -139,6 +137,10 @@ pub struct Link {
     credited: u64,
     /// Send work requests not in flight.
     sq_free: u32,
+    /// Other registered memory staged spans may be written from (see [`Link::gather`]), and
+    /// the shortest span worth it. Last: the shared PD outlives the queue pair and rings.
+    sources: Option<Arc<SharedPd>>,
+    gather_min: usize,
     /// Staged spans to be written from other memory instead of the staging ring, in order.
     gathers: VecDeque<Gather>,
     /// Staging position each posted write ends at, oldest first; and the end of the latest
@@ -173,7 +175,7 @@ impl Link {
             posted: 0,
             credited: 0,
             sq_free: SEND_WR,
-            sources: Rc::new([]),
+            sources: None,
             gather_min: 0,
             gathers: VecDeque::new(),
             write_ends: VecDeque::new(),
@@ -245,10 +247,14 @@ impl Link {
     }
 
     /// Registered memory that [`Link::gather`] may name (by index), for spans of at least
-    /// `min_len` bytes.
-    pub fn set_sources(&mut self, sources: Rc<[Mr]>, min_len: usize) {
-        self.sources = sources;
+    /// `min_len` bytes: the sources of the shared PD this link's queue pair was made on.
+    pub fn set_sources(&mut self, sources: Arc<SharedPd>, min_len: usize) {
+        self.sources = Some(sources);
         self.gather_min = min_len;
+    }
+
+    fn source(&self, i: u16) -> &Mr {
+        &self.sources.as_ref().expect("gathers need sources").sources()[i as usize]
     }
 
     /// The source registration covering `[addr, addr + len)`, if any and the span is long
@@ -257,7 +263,8 @@ impl Link {
         if len < self.gather_min {
             return None;
         }
-        self.sources.iter().position(|m| m.covers(addr, len)).map(|i| i as u16)
+        let sources = self.sources.as_ref()?.sources();
+        sources.iter().position(|m| m.covers(addr, len)).map(|i| i as u16)
     }
 
     /// Says that the staged span `[pos, pos + len)` (staged after every earlier gather, not yet
@@ -268,7 +275,7 @@ impl Link {
         assert!(
             pos >= self.posted && self.gathers.back().is_none_or(|g| g.pos + g.len as u64 <= pos)
         );
-        assert!(self.sources[src as usize].covers(addr, len as usize), "outside the source");
+        assert!(self.source(src).covers(addr, len as usize), "outside the source");
         self.gathers.push_back(Gather { pos, len, src, addr });
         self.gathered += len as u64;
     }
@@ -280,7 +287,7 @@ impl Link {
 
     /// Posts the staged bytes not yet sent: one WRITE per contiguous stretch of the peer's
     /// ring, gathering staging-ring spans and the spans [`Link::gather`] named, at most
-    /// [`verbs::SGE_MAX`] each, as many as there are free send requests; the last one WITH
+    /// as many scatter entries each as the queue pair takes, as many as there are free send requests; the last one WITH
     /// IMMEDIATE carrying the new tail. What does not fit waits for completions.
     pub fn push(&mut self) -> io::Result<()> {
         let Some(peer) = self.peer else { return Ok(()) };
@@ -324,15 +331,13 @@ impl Link {
                     None => {
                         verbs::Sge { mr: &self.tx_mr, addr: self.tx_mr.addr() + off, len: n as u32 }
                     }
-                    Some((i, addr)) => verbs::Sge {
-                        mr: &self.sources[i as usize],
-                        addr: addr + done,
-                        len: n as u32,
-                    },
+                    Some((i, addr)) => {
+                        verbs::Sge { mr: self.source(i), addr: addr + done, len: n as u32 }
+                    }
                 };
                 let joins = write_end == Some(p)
                     && off != 0
-                    && writes.last().is_some_and(|(_, r)| r.len() < verbs::SGE_MAX);
+                    && writes.last().is_some_and(|(_, r)| r.len() < self.id.send_sge());
                 if joins {
                     writes.last_mut().expect("checked").1.end += 1;
                 } else {

@@ -162,7 +162,11 @@ impl EventChannel {
                 std::slice::from_raw_parts(p, conn.private_data_len as usize).to_vec()
             };
             let name = CStr::from_ptr(rdma_event_str(e.event)).to_string_lossy().into_owned();
-            let new_id = (kind == EventKind::ConnectRequest).then(|| CmId { raw: e.id, qp: false });
+            let new_id = (kind == EventKind::ConnectRequest).then(|| CmId {
+                raw: e.id,
+                qp: false,
+                send_sge: 1,
+            });
             let token = if kind == EventKind::ConnectRequest || e.id.is_null() {
                 0
             } else {
@@ -189,6 +193,8 @@ impl Drop for EventChannel {
 pub struct CmId {
     raw: *mut rdma_cm_id,
     qp: bool,
+    /// Scatter entries a send work request may carry on this queue pair (set when it is made).
+    send_sge: usize,
 }
 
 fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
@@ -229,7 +235,7 @@ impl CmId {
         if rc != 0 {
             return Err(os_err("rdma_create_id"));
         }
-        Ok(CmId { raw, qp: false })
+        Ok(CmId { raw, qp: false, send_sge: 1 })
     }
 
     /// Binds to `addr` (port 0: any) and listens; returns the port.
@@ -290,8 +296,15 @@ impl CmId {
         Ok(ctx)
     }
 
-    /// Creates the RC queue pair, both directions completing on `cq`.
+    /// Creates the RC queue pair, both directions completing on `cq`, with as many send
+    /// scatter entries as the device allows, up to [`SGE_MAX`].
     pub fn create_qp(&mut self, pd: &Pd, cq: &Cq, caps: QpCaps) -> io::Result<()> {
+        let ctx = self.verbs()?;
+        // SAFETY: ibv_device_attr is plain old data; all-zero is valid before the query.
+        let mut dev: ibv_device_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: a live device context, and an attribute struct the call fills.
+        check(unsafe { ibv_query_device(ctx, &mut dev) }, "ibv_query_device")?;
+        let sge = (dev.max_sge.max(1) as usize).min(SGE_MAX);
         // SAFETY: ibv_qp_init_attr is plain old data; all-zero is valid before the fields.
         let mut attr: ibv_qp_init_attr = unsafe { std::mem::zeroed() };
         attr.send_cq = cq.raw;
@@ -299,7 +312,7 @@ impl CmId {
         attr.qp_type = ibv_qp_type::IBV_QPT_RC;
         attr.cap.max_send_wr = caps.send_wr;
         attr.cap.max_recv_wr = caps.recv_wr;
-        attr.cap.max_send_sge = SGE_MAX as u32;
+        attr.cap.max_send_sge = sge as u32;
         attr.cap.max_recv_sge = 1;
         // SAFETY: the PD and CQ belong to the identifier's device and outlive the QP (callers
         // drop the `CmId` first).
@@ -307,6 +320,7 @@ impl CmId {
             return Err(os_err("rdma_create_qp"));
         }
         self.qp = true;
+        self.send_sge = sge;
         Ok(())
     }
 
@@ -341,6 +355,11 @@ impl CmId {
             return Err(os_err("rdma_accept"));
         }
         Ok(())
+    }
+
+    /// Scatter entries one send work request may carry on this identifier's queue pair.
+    pub fn send_sge(&self) -> usize {
+        self.send_sge
     }
 
     /// Moves the identifier's events to `ch` (a connection request handed from the listener's
@@ -506,6 +525,54 @@ impl Drop for Pd {
     }
 }
 
+/// A protection domain shared by every thread serving connections on one device, with memory
+/// registered on it that any of them may write from (the server's message memory). Each
+/// chunk is registered once for the process, however many threads use it.
+pub struct SharedPd {
+    // Drop order: the registrations, then the PD (every queue pair on it is gone by then: its
+    // users hold this by `Arc`).
+    sources: Vec<Mr>,
+    pd: Pd,
+}
+
+// SAFETY: libibverbs objects may be used from any thread (the library serialises what needs
+// it); the registrations here hold only `Send + Sync` owners, and nothing in this value changes
+// after it is made, so sharing it between threads adds no data race.
+unsafe impl Send for SharedPd {}
+// SAFETY: as above.
+unsafe impl Sync for SharedPd {}
+
+impl SharedPd {
+    /// A PD on `id`'s device with every pin registered on it; a pin that cannot be registered
+    /// (the locked-memory limit, say) is left out, and the first such error is returned with
+    /// the rest.
+    pub fn new(
+        id: &CmId,
+        pins: Vec<Box<dyn Pinned + Send + Sync>>,
+    ) -> io::Result<(SharedPd, Option<io::Error>)> {
+        let pd = Pd::new(id)?;
+        let (mut sources, mut first_err) = (Vec::new(), None);
+        for p in pins {
+            match Mr::register_pinned(&pd, p) {
+                Ok(mr) => sources.push(mr),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        Ok((SharedPd { sources, pd }, first_err))
+    }
+
+    pub fn pd(&self) -> &Pd {
+        &self.pd
+    }
+
+    /// The registered memory, by index.
+    pub fn sources(&self) -> &[Mr] {
+        &self.sources
+    }
+}
+
 /// A completion queue with its own completion channel, for sleeping until a completion.
 pub struct Cq {
     raw: *mut ibv_cq,
@@ -639,7 +706,7 @@ pub unsafe trait Pinned {
 /// What keeps a registration's memory mapped.
 enum Keep {
     Region(#[allow(dead_code)] Rc<Region>),
-    Pinned(#[allow(dead_code)] Box<dyn Pinned>),
+    Pinned(#[allow(dead_code)] Box<dyn Pinned + Send + Sync>),
 }
 
 /// Registered memory: one ring's first mapping, or pinned memory. Holds what keeps it mapped,
@@ -674,7 +741,7 @@ impl Mr {
 
     /// Registers `owner`'s memory for the local NIC to read (the source of writes; no remote
     /// access).
-    pub fn register_pinned(pd: &Pd, owner: Box<dyn Pinned>) -> io::Result<Mr> {
+    pub fn register_pinned(pd: &Pd, owner: Box<dyn Pinned + Send + Sync>) -> io::Result<Mr> {
         let (ptr, len) = owner.span();
         // SAFETY: `[ptr, ptr + len)` stays mapped while `owner` lives (`Pinned`'s contract),
         // which this registration holds until it is deregistered.
