@@ -96,7 +96,8 @@ pub struct BenchArgs {
     /// Consumer credit (prefetch).
     #[arg(long, default_value_t = 1024)]
     credit: u32,
-    /// Spin on non-blocking sockets in the clients instead of sleeping in read.
+    /// Spin in the clients instead of sleeping: on non-blocking sockets over TCP, on the rings
+    /// over shm and RDMA. With --spawn the server also spins 20 ms before sleeping.
     #[arg(long)]
     busy_poll: bool,
     /// Also write the result as one JSON object to this file.
