@@ -128,6 +128,12 @@ pub struct DeliverItem {
     pub rec: MsgRef,
 }
 
+/// Ring bytes a DELIVER frame holding one record of `len` bytes takes.
+pub fn one_deliver_frame(len: usize) -> usize {
+    use rdmq_client::wire::deliver::{BODY_HEADER_LEN, ENTRY_HEADER_LEN};
+    rdmq_client::wire::FRAME_HEADER_LEN + BODY_HEADER_LEN + ENTRY_HEADER_LEN + len
+}
+
 fn held_entry(d: &DeliverItem) -> (u64, u32, u16, &MsgRef) {
     (d.tag, d.deliveries, d.flags, &d.rec)
 }
@@ -415,12 +421,8 @@ impl Conn {
     /// even an empty ring is encoded here instead, to go in pieces like other output. Returns
     /// the record bytes that encoding copied.
     pub fn hold_deliveries(&mut self, id: u32, items: impl Iterator<Item = DeliverItem>) -> usize {
-        use rdmq_client::wire::deliver::{BODY_HEADER_LEN, ENTRY_HEADER_LEN};
-        use rdmq_client::wire::FRAME_HEADER_LEN;
         let ring_bytes = self.ring.as_ref().map_or(0, |r| r.region().ring_bytes());
-        let whole = |d: &DeliverItem| {
-            FRAME_HEADER_LEN + BODY_HEADER_LEN + ENTRY_HEADER_LEN + d.rec.len as usize <= ring_bytes
-        };
+        let whole = |d: &DeliverItem| one_deliver_frame(d.rec.len as usize) <= ring_bytes;
         if !self.out.is_empty() {
             self.held_bytes += self.out.len();
             self.held.push_back(HeldOutput::Bytes(std::mem::take(&mut self.out)));
@@ -469,11 +471,7 @@ impl Conn {
                     if let Some(next) = items.front() {
                         // The ring is full: wait until the next whole frame fits (it fits an
                         // empty ring: `hold_deliveries` sees to that).
-                        use rdmq_client::wire::deliver::{BODY_HEADER_LEN, ENTRY_HEADER_LEN};
-                        *held_need = rdmq_client::wire::FRAME_HEADER_LEN
-                            + BODY_HEADER_LEN
-                            + ENTRY_HEADER_LEN
-                            + next.rec.len as usize;
+                        *held_need = one_deliver_frame(next.rec.len as usize);
                         break;
                     }
                 }
@@ -504,9 +502,13 @@ impl Conn {
         }
         let (mut written, mut bytes, mut flushed) = (0, 0, 0);
         let blocked = !self.sending.is_empty() || !self.held.is_empty();
+        let ring_bytes = self.ring.as_ref().map(|r| r.region().ring_bytes());
         let Conn { subs, ring, ring_pos, gather_keep, out, .. } = self;
         for (&id, sub) in subs.iter_mut() {
-            // Straight into the ring while nothing waits ahead, then into `out`.
+            // Straight into the ring while nothing waits ahead. Behind a full ring a ring
+            // connection's messages wait here, in the subscription buffer, until it drains
+            // (`Shard::poll_rings` notices), except one too large for the ring, which goes in
+            // pieces through `out`; a socket's go into `out`.
             while !sub.pending.is_empty() {
                 let front = sub.pending.as_slices().0;
                 let n = front.len().min(TOPIC_DELIVER_BATCH);
@@ -521,7 +523,16 @@ impl Conn {
                 }
             }
             while !sub.pending.is_empty() && out.len() < high_water {
-                let n = sub.pending.len().min(TOPIC_DELIVER_BATCH);
+                let n = match ring_bytes {
+                    Some(rb) => {
+                        let too_large = |m: &&MsgRef| one_deliver_frame(m.len as usize) > rb;
+                        sub.pending.iter().take(TOPIC_DELIVER_BATCH).take_while(too_large).count()
+                    }
+                    None => sub.pending.len().min(TOPIC_DELIVER_BATCH),
+                };
+                if n == 0 {
+                    break;
+                }
                 let entries = sub.pending.iter().take(n).map(|m| (0, 1, 0, m.bytes()));
                 let (w, b) = write_deliver_frames(out, id, entries);
                 (written, bytes) = (written + w, bytes + b);

@@ -31,7 +31,7 @@ use rdmq_client::wire::publish::{Publish, PREFIX_MAX};
 use rdmq_client::wire::record::BatchView;
 use rdmq_client::wire::{FrameHeader, Opcode, Reader, FRAME_HEADER_LEN};
 
-use crate::conn::{Conn, RingConn, ShmConn};
+use crate::conn::{one_deliver_frame, Conn, RingConn, ShmConn};
 use crate::event::ReplyTo;
 use crate::handlers::{fatal, fatal_bad_header, malformed};
 use crate::metrics;
@@ -299,7 +299,17 @@ fn held_output_can_move(conn: &Conn, region: &Region) -> bool {
     let enough = |need: usize| free.is_none_or(|f| f > 0 && f >= need);
     if !conn.sending.is_empty() {
         enough(1)
+    } else if !conn.held.is_empty() {
+        enough(conn.held_need)
     } else {
-        !conn.held.is_empty() && enough(conn.held_need)
+        // Topic messages waiting in subscription buffers (`Conn::pump`): the smallest front
+        // frame must fit (one larger than the ring goes through the output: any room will do).
+        let ring = region.ring_bytes();
+        let need = |m: &crate::broker::MsgRef| match one_deliver_frame(m.len as usize) {
+            n if n > ring => 1,
+            n => n,
+        };
+        let front = conn.subs.values().filter_map(|s| s.pending.front()).map(need).min();
+        !conn.closing && front.is_some_and(enough)
     }
 }

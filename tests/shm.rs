@@ -77,6 +77,40 @@ fn a_message_larger_than_the_consumers_ring_arrives() {
     server.assert_serves();
 }
 
+/// Topic messages for a subscriber that reads nothing until 30,000 (7 MB) are published wait in
+/// its subscription buffer behind its full 1 MiB ring and then go straight into the ring: each
+/// record copied once, nothing through the output buffer, none lost, in order; and the server
+/// sleeps meanwhile.
+#[test]
+fn topic_messages_for_a_slow_subscriber_are_copied_once() {
+    const N: usize = 30_000;
+    let mut server = Server::start_with(1, "shm_ring_bytes = 1048576\n");
+    let (tcp, shm) = (server.connect(), server.connect_url(&server.shm_url));
+    let mut s = shm.subscribe("shm.slow-topic").unwrap();
+    let mut p = tcp.topic_producer("shm.slow-topic");
+    for i in 0..N as u32 {
+        let mut payload = [0u8; 200];
+        payload[..4].copy_from_slice(&i.to_le_bytes());
+        p.send(&payload).unwrap();
+    }
+    p.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_ticks(server.pid());
+    std::thread::sleep(Duration::from_millis(500));
+    let used = cpu_ticks(server.pid()) - before;
+    assert!(used < 25, "the server used {used} ticks in 0.5 s with a stalled subscriber");
+    let got = recv_n_sub(&mut s, N);
+    for (i, d) in got.iter().enumerate() {
+        assert_eq!(d.payload()[..4], (i as u32).to_le_bytes(), "message {i} out of order");
+    }
+    drop((p, s, tcp, shm));
+    let log = server.stop();
+    let record = 40 + 200;
+    assert_eq!(Server::counter(&log, "copy_deliver_bytes") as usize, N * record);
+    let ring_out = Server::counter(&log, "ring_bytes_out");
+    assert!(ring_out < 4096, "topic messages went through the output buffer: {ring_out} B");
+}
+
 /// CPU time (user + system, in clock ticks) process `pid` has used so far.
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
