@@ -794,36 +794,7 @@ impl ShmStream {
         deadline: Option<Instant>,
         ready: impl Fn(&ShmStream) -> bool,
     ) -> io::Result<()> {
-        let mut spins = 0u32;
-        loop {
-            if ready(self) || self.peer_gone {
-                return Ok(());
-            }
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "shm read timed out"));
-            }
-            if self.busy_poll {
-                spins += 1;
-                if spins.is_multiple_of(BUSY_LIVENESS_EVERY) {
-                    self.check_peer(Duration::ZERO)?;
-                }
-                std::thread::yield_now();
-                continue;
-            }
-            let (mine, _) = self.flags();
-            mine.store(1, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
-            if ready(self) {
-                self.flags().0.store(0, Ordering::Relaxed);
-                return Ok(());
-            }
-            let slice = deadline.map_or(WAIT_SLICE, |d| d.saturating_duration_since(now));
-            let r = self.check_peer(slice.min(WAIT_SLICE));
-            self.flags().0.store(0, Ordering::Relaxed);
-            drain(self.my_wake.as_fd());
-            r?;
-        }
+        wait_for(self, deadline, "shm", ready)
     }
 
     /// Sleeps on the eventfd and the socket for up to `timeout`; notes a closed peer.
@@ -851,6 +822,98 @@ impl ShmStream {
     /// The socket, for callers that want to poll it themselves.
     pub fn socket(&self) -> &UnixStream {
         &self.sock
+    }
+}
+
+impl Wait for ShmStream {
+    const BUSY_CHECK_EVERY: u32 = BUSY_LIVENESS_EVERY;
+
+    fn peer_gone(&self) -> bool {
+        self.peer_gone
+    }
+
+    fn busy_poll(&self) -> bool {
+        self.busy_poll
+    }
+
+    fn liveness(&mut self) -> io::Result<()> {
+        self.check_peer(Duration::ZERO)
+    }
+
+    /// Says this side is about to sleep (the peer then writes the eventfd after its next
+    /// write); the fence orders it before the look at the ring that follows.
+    fn arm(&mut self) -> io::Result<()> {
+        self.flags().0.store(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn disarm(&mut self) {
+        self.flags().0.store(0, Ordering::Relaxed);
+        drain(self.my_wake.as_fd());
+    }
+
+    fn sleep(&mut self, slice: Duration) -> io::Result<()> {
+        self.check_peer(slice)
+    }
+}
+
+/// What a ring stream does at each step of the wait both transports share ([`wait_for`]).
+pub(crate) trait Wait {
+    /// Busy spins between two `liveness` checks.
+    const BUSY_CHECK_EVERY: u32;
+    /// Takes what the transport has without blocking (completions, say); an error ends the
+    /// wait (the caller's next step reports it).
+    fn poll(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    fn peer_gone(&self) -> bool;
+    fn busy_poll(&self) -> bool;
+    /// Notices a dead peer while busy-polling.
+    fn liveness(&mut self) -> io::Result<()>;
+    /// Asks to be woken by the peer's next write; `disarm` undoes it.
+    fn arm(&mut self) -> io::Result<()>;
+    fn disarm(&mut self) {}
+    /// Sleeps until woken, the peer stirs, or `slice` passes.
+    fn sleep(&mut self, slice: Duration) -> io::Result<()>;
+}
+
+/// Waits until `ready` holds or the peer is gone; `TimedOut` at the deadline. Busy-polling
+/// spins (yielding, and checking liveness now and then); otherwise it arms, looks once more (a
+/// write between the last look and the arming raises no wake-up), and sleeps in slices of at
+/// most [`WAIT_SLICE`].
+pub(crate) fn wait_for<W: Wait>(
+    w: &mut W,
+    deadline: Option<Instant>,
+    what: &str,
+    ready: impl Fn(&W) -> bool,
+) -> io::Result<()> {
+    let mut spins = 0u32;
+    loop {
+        if w.poll().is_err() || ready(w) || w.peer_gone() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, format!("{what} read timed out")));
+        }
+        if w.busy_poll() {
+            spins += 1;
+            if spins.is_multiple_of(W::BUSY_CHECK_EVERY) {
+                w.liveness()?;
+            }
+            std::thread::yield_now();
+            continue;
+        }
+        w.arm()?;
+        if w.poll().is_err() || ready(w) {
+            w.disarm();
+            continue;
+        }
+        let slice = deadline.map_or(WAIT_SLICE, |d| d.saturating_duration_since(now));
+        let r = w.sleep(slice.min(WAIT_SLICE));
+        w.disarm();
+        r?;
     }
 }
 

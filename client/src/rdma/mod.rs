@@ -63,8 +63,6 @@ const RESOLVE_TIMEOUT_MS: i32 = 5_000;
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// A busy-polling stream looks for rdma_cm events (a disconnect) this often, in empty polls.
 const BUSY_EVENTS_EVERY: u32 = 1024;
-/// Longest single sleep of a blocking wait, so a missed wake-up costs at most this.
-const WAIT_SLICE: Duration = Duration::from_millis(100);
 
 /// A peer's receive ring, as announced in its private data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -640,34 +638,37 @@ impl RdmaStream {
         deadline: Option<Instant>,
         ready: impl Fn(&RdmaStream) -> bool,
     ) -> io::Result<()> {
-        let mut spins = 0u32;
-        loop {
-            if self.progress().is_err() || ready(self) || self.peer_gone {
-                return Ok(());
-            }
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "rdma read timed out"));
-            }
-            if self.busy_poll {
-                spins += 1;
-                if spins.is_multiple_of(BUSY_EVENTS_EVERY) {
-                    self.check_events()?;
-                }
-                std::thread::yield_now();
-                continue;
-            }
-            // Arm, then look once more: a completion between the last poll and the arming
-            // would otherwise raise no event.
-            self.cq.arm()?;
-            if self.progress().is_err() || ready(self) {
-                continue;
-            }
-            let slice = deadline.map_or(WAIT_SLICE, |d| d.saturating_duration_since(now));
-            crate::shm::wait_readable(&[self.cq.fd(), self.ch.fd()], slice.min(WAIT_SLICE))?;
-            self.cq.drain_events();
-            self.check_events()?;
-        }
+        crate::shm::wait_for(self, deadline, "rdma", ready)
+    }
+}
+
+impl crate::shm::Wait for RdmaStream {
+    const BUSY_CHECK_EVERY: u32 = BUSY_EVENTS_EVERY;
+
+    fn poll(&mut self) -> io::Result<()> {
+        self.progress()
+    }
+
+    fn peer_gone(&self) -> bool {
+        self.peer_gone
+    }
+
+    fn busy_poll(&self) -> bool {
+        self.busy_poll
+    }
+
+    fn liveness(&mut self) -> io::Result<()> {
+        self.check_events()
+    }
+
+    fn arm(&mut self) -> io::Result<()> {
+        self.cq.arm()
+    }
+
+    fn sleep(&mut self, slice: Duration) -> io::Result<()> {
+        crate::shm::wait_readable(&[self.cq.fd(), self.ch.fd()], slice)?;
+        self.cq.drain_events();
+        self.check_events()
     }
 }
 
