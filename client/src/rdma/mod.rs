@@ -135,6 +135,10 @@ pub struct Link {
     credited: u64,
     /// Send work requests not in flight.
     sq_free: u32,
+    /// What `push` builds, kept so a push allocates nothing once they have grown: scatter
+    /// entries and work requests, and the writes (remote address, entries, staging end).
+    scratch: verbs::GatherScratch,
+    writes: Vec<(u64, std::ops::Range<usize>, u64)>,
     /// Other registered memory staged spans may be written from (see [`Link::gather`]), and
     /// the shortest span worth it. Last: the shared PD outlives the queue pair and rings.
     sources: Option<Arc<SharedPd>>,
@@ -174,6 +178,8 @@ impl Link {
             credited: 0,
             sq_free: SEND_WR,
             sources: None,
+            scratch: Default::default(),
+            writes: Vec::new(),
             gather_min: 0,
             gathers: VecDeque::new(),
             write_ends: VecDeque::new(),
@@ -298,26 +304,33 @@ impl Link {
         let cap = self.region.ring_bytes() as u64;
         // The pieces of [posted, tail), in order: (staging position, length, source), where
         // the source is the staging ring or a gather's memory (registration, address).
-        let mut pieces: Vec<(u64, u64, Source)> = Vec::new();
+        let mut gathers = self.gathers.iter().take_while(|g| g.pos < tail).peekable();
         let mut at = self.posted;
-        for g in self.gathers.iter().take_while(|g| g.pos < tail) {
+        let pieces = std::iter::from_fn(|| {
+            let Some(g) = gathers.peek() else {
+                let staged = (at < tail).then_some((at, tail - at, None));
+                at = tail;
+                return staged;
+            };
             // A gather cut at the wrap may have had its first part posted already.
             let skip = at.saturating_sub(g.pos);
             let pos = g.pos + skip;
             if pos > at {
-                pieces.push((at, pos - at, None));
+                let staged = (at, pos - at, None);
+                at = pos;
+                return Some(staged);
             }
-            pieces.push((pos, g.len as u64 - skip, Some((g.src, g.addr + skip))));
+            let piece = (pos, g.len as u64 - skip, Some((g.src, g.addr + skip)));
             at = g.pos + g.len as u64;
-        }
-        if at < tail {
-            pieces.push((at, tail - at, None));
-        }
+            gathers.next();
+            Some(piece)
+        });
         // Scatter entries, cut at the ring's wrap (the peer's ring and the staging ring are
-        // registered one lap long), grouped into writes.
-        let mut sges: Vec<verbs::Sge<'_>> = Vec::new();
-        let mut writes: Vec<(u64, std::ops::Range<usize>)> = Vec::new();
-        let mut ends: Vec<u64> = Vec::new();
+        // registered one lap long), grouped into writes: (remote address, entries, end).
+        let Link { scratch, writes, tx_mr, sources, id, .. } = self;
+        let max_sge = id.send_sge();
+        scratch.clear();
+        writes.clear();
         let mut write_end: Option<u64> = None;
         for (pos, len, src) in pieces {
             let mut done = 0;
@@ -325,28 +338,26 @@ impl Link {
                 let p = pos + done;
                 let off = p & (cap - 1);
                 let n = (len - done).min(cap - off);
-                let sge = match src {
-                    None => {
-                        verbs::Sge { mr: &self.tx_mr, addr: self.tx_mr.addr() + off, len: n as u32 }
-                    }
-                    Some((i, addr)) => {
-                        verbs::Sge { mr: self.source(i), addr: addr + done, len: n as u32 }
-                    }
-                };
                 let joins = write_end == Some(p)
                     && off != 0
-                    && writes.last().is_some_and(|(_, r)| r.len() < self.id.send_sge());
+                    && writes.last().is_some_and(|(_, r, _)| r.len() < max_sge);
                 if joins {
                     writes.last_mut().expect("checked").1.end += 1;
                 } else {
                     if writes.len() == budget {
                         break;
                     }
-                    writes.push((peer.addr + off, sges.len()..sges.len() + 1));
-                    ends.push(0);
+                    writes.push((peer.addr + off, scratch.len()..scratch.len() + 1, 0));
                 }
-                sges.push(sge);
-                *ends.last_mut().expect("pushed") = p + n;
+                match src {
+                    None => scratch.add(tx_mr, tx_mr.addr() + off, n as u32),
+                    Some((i, addr)) => {
+                        let mr =
+                            &sources.as_ref().expect("gathers need sources").sources()[i as usize];
+                        scratch.add(mr, addr + done, n as u32)
+                    }
+                }
+                writes.last_mut().expect("pushed").2 = p + n;
                 write_end = Some(p + n);
                 done += n;
             }
@@ -354,14 +365,16 @@ impl Link {
                 break;
             }
         }
-        let new_posted = *ends.last().expect("at least one write");
+        let new_posted = writes.last().expect("at least one write").2;
         // Bytes in `[posted, new_posted)` (and the gathered memory) are not written again
         // until the peer's credit (or `landed`) passes them, which happens only after these
         // writes landed.
         let wr_id = self.wr(KIND_WRITE);
-        self.id.post_gather_writes(&sges, &writes, peer.rkey, new_posted as u32, wr_id)?;
-        self.sq_free -= writes.len() as u32;
-        self.write_ends.extend(ends);
+        let to_post = self.writes.iter().map(|(addr, r, _)| (*addr, r.clone()));
+        let imm = new_posted as u32;
+        self.id.post_gather_writes(&mut self.scratch, to_post, peer.rkey, imm, wr_id)?;
+        self.sq_free -= self.writes.len() as u32;
+        self.write_ends.extend(self.writes.iter().map(|w| w.2));
         self.posted = new_posted;
         while self.gathers.front().is_some_and(|g| g.pos + g.len as u64 <= new_posted) {
             self.gathers.pop_front();
@@ -402,10 +415,6 @@ impl Link {
         wr_id(self.token, kind)
     }
 }
-
-/// Where a staged span is written from: the staging ring (`None`), or a source registration
-/// and an address in it.
-type Source = Option<(u16, u64)>;
 
 /// A staged span written from other registered memory.
 #[derive(Debug, Clone, Copy)]

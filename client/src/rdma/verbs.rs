@@ -397,43 +397,32 @@ impl CmId {
         check(unsafe { ibv_post_recv(self.qp_raw(), &mut wr, &mut bad) }, "ibv_post_recv")
     }
 
-    /// Posts chained RDMA WRITEs, each gathering `sges[range]` (every entry inside its
-    /// registration, checked) into the peer's memory at `remote_addr` under `rkey`, the last
-    /// one WITH IMMEDIATE `imm`; all signaled, tagged `wr_id`. Each write takes at most
-    /// [`SGE_MAX`] entries.
+    /// Posts chained RDMA WRITEs, each gathering `scratch`'s scatter entries `range` into the
+    /// peer's memory at `remote_addr` under `rkey`, the last one WITH IMMEDIATE `imm`; all
+    /// signaled, tagged `wr_id`. Each write takes at most [`SGE_MAX`] entries.
     pub fn post_gather_writes(
         &self,
-        sges: &[Sge<'_>],
-        writes: &[(u64, std::ops::Range<usize>)],
+        scratch: &mut GatherScratch,
+        writes: impl ExactSizeIterator<Item = (u64, std::ops::Range<usize>)>,
         rkey: u32,
         imm: u32,
         wr_id: u64,
     ) -> io::Result<()> {
-        assert!(!writes.is_empty());
-        let mut raw_sges: Vec<ibv_sge> = sges
-            .iter()
-            .map(|s| {
-                let end = s.addr + s.len as u64;
-                assert!(
-                    s.addr >= s.mr.addr && end <= s.mr.addr + s.mr.len as u64,
-                    "scatter entry outside its registration"
-                );
-                ibv_sge { addr: s.addr, length: s.len, lkey: s.mr.lkey() }
-            })
-            .collect();
+        assert!(writes.len() > 0);
+        let GatherScratch { sges, wrs } = scratch;
+        wrs.clear();
         // SAFETY: ibv_send_wr is plain old data; all-zero is valid before the fields.
-        let mut wrs: Vec<ibv_send_wr> =
-            (0..writes.len()).map(|_| unsafe { std::mem::zeroed() }).collect();
-        let (n, base, sge_base) = (writes.len(), wrs.as_mut_ptr(), raw_sges.as_mut_ptr());
-        for (i, (remote_addr, range)) in writes.iter().enumerate() {
+        wrs.resize_with(writes.len(), || unsafe { std::mem::zeroed() });
+        let (n, base, sge_base) = (writes.len(), wrs.as_mut_ptr(), sges.as_mut_ptr());
+        for (i, (remote_addr, range)) in writes.enumerate() {
             assert!(!range.is_empty() && range.len() <= SGE_MAX && range.end <= sges.len());
             let wr = &mut wrs[i];
             wr.wr_id = wr_id;
-            // SAFETY: `range.start < sges.len()`, inside `raw_sges`.
+            // SAFETY: `range.start < sges.len()`, inside `sges`.
             wr.sg_list = unsafe { sge_base.add(range.start) };
             wr.num_sge = range.len() as i32;
             wr.send_flags = ibv_send_flags::IBV_SEND_SIGNALED.0;
-            wr.wr.rdma = rdma_t { remote_addr: *remote_addr, rkey };
+            wr.wr.rdma = rdma_t { remote_addr, rkey };
             if i + 1 < n {
                 wr.opcode = ibv_wr_opcode::IBV_WR_RDMA_WRITE;
                 // SAFETY: `i + 1 < n`, inside `wrs`.
@@ -445,8 +434,8 @@ impl CmId {
         }
         let mut bad = ptr::null_mut();
         // SAFETY: the chain and its scatter lists live for the call; every entry lies inside
-        // a registration (checked above), whose memory stays mapped until it is dropped, which
-        // happens after the queue pair is destroyed.
+        // a registration (checked by `GatherScratch::add`), whose memory stays mapped until
+        // it is dropped, which happens after the queue pair is destroyed.
         check(unsafe { ibv_post_send(self.qp_raw(), base, &mut bad) }, "ibv_post_send")
     }
 
@@ -686,12 +675,33 @@ pub enum RingOf {
     Staging,
 }
 
-/// One scatter entry of a gathered write: `len` bytes at `addr`, inside `mr`.
-#[derive(Clone, Copy)]
-pub struct Sge<'a> {
-    pub mr: &'a Mr,
-    pub addr: u64,
-    pub len: u32,
+/// Scatter entries and work requests for `post_gather_writes`, kept by their owner so a post
+/// allocates nothing once they have grown.
+#[derive(Default)]
+pub struct GatherScratch {
+    sges: Vec<ibv_sge>,
+    wrs: Vec<ibv_send_wr>,
+}
+
+impl GatherScratch {
+    pub fn clear(&mut self) {
+        self.sges.clear();
+    }
+
+    /// Adds the scatter entry `[addr, addr + len)`, which must lie inside `mr`.
+    pub fn add(&mut self, mr: &Mr, addr: u64, len: u32) {
+        assert!(mr.covers(addr, len as usize), "scatter entry outside its registration");
+        self.sges.push(ibv_sge { addr, length: len, lkey: mr.lkey() });
+    }
+
+    /// Scatter entries added since `clear`.
+    pub fn len(&self) -> usize {
+        self.sges.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sges.is_empty()
+    }
 }
 
 /// Memory other than a ring that a registration may cover (the server's message memory).
