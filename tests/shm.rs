@@ -94,10 +94,7 @@ fn topic_messages_for_a_slow_subscriber_are_copied_once() {
         p.send(&payload).unwrap();
     }
     p.flush().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let before = cpu_ticks(server.pid());
-    std::thread::sleep(Duration::from_millis(500));
-    let used = cpu_ticks(server.pid()) - before;
+    let used = idle_cpu_ticks(&server, Duration::from_millis(500));
     assert!(used < 25, "the server used {used} ticks in 0.5 s with a stalled subscriber");
     let got = recv_n_sub(&mut s, N);
     for (i, d) in got.iter().enumerate() {
@@ -109,6 +106,14 @@ fn topic_messages_for_a_slow_subscriber_are_copied_once() {
     assert_eq!(Server::counter(&log, "copy_deliver_bytes") as usize, N * record);
     let ring_out = Server::counter(&log, "ring_bytes_out");
     assert!(ring_out < 4096, "topic messages went through the output buffer: {ring_out} B");
+}
+
+/// CPU time (clock ticks) the server uses over `window`, once 300 ms have let it settle.
+fn idle_cpu_ticks(server: &Server, window: Duration) -> u64 {
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_ticks(server.pid());
+    std::thread::sleep(window);
+    cpu_ticks(server.pid()) - before
 }
 
 /// CPU time (user + system, in clock ticks) process `pid` has used so far.
@@ -133,10 +138,7 @@ fn deliveries_held_for_a_stalled_consumer_cost_no_cpu() {
         p.send(&[i as u8; 200]).unwrap();
     }
     p.flush().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let before = cpu_ticks(server.pid());
-    std::thread::sleep(Duration::from_secs(1));
-    let used = cpu_ticks(server.pid()) - before;
+    let used = idle_cpu_ticks(&server, Duration::from_secs(1));
     // A shard looking every pass would use the whole second (100 ticks).
     assert!(used < 50, "the server used {used} ticks in 1 s with a stalled consumer");
     assert_eq!(recv_n(&mut c, 2_000).len(), 2_000);
