@@ -30,6 +30,9 @@ const PINGPONG_WARMUP: u64 = 2_000;
 const BUSY_SERVER_SPIN_US: u64 = 20_000;
 /// How often the progress line is refreshed.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// How long a spawned server (fresh data directory, nothing to recover) may take to say where
+/// it listens.
+const SPAWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -306,8 +309,6 @@ struct SpawnedServer {
     child: Child,
     url: String,
     dir: PathBuf,
-    /// Kept open: the server may print more `listening` lines after the one we wanted.
-    _stdout: BufReader<ChildStdout>,
 }
 
 impl SpawnedServer {
@@ -357,24 +358,32 @@ impl SpawnedServer {
             .spawn()
             .map_err(|e| format!("spawn rdmq serve: {e}"))?;
         // One `listening URL` line per listener (tcp first, shm last): take the transport's.
-        let mut out = BufReader::new(child.stdout.take().expect("piped"));
-        let mut line = String::new();
-        let prefix = format!("listening {transport}://");
-        loop {
-            line.clear();
-            out.read_line(&mut line).map_err(|e| e.to_string())?;
-            if line.starts_with(&prefix) {
-                break;
+        // Read on a thread, so a server that never names it (RDMA or shm unavailable: it says
+        // why on stderr and keeps running) is noticed instead of waited for.
+        let out = BufReader::new(child.stdout.take().expect("piped"));
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
             }
-            if !line.starts_with("listening ") {
+        });
+        let prefix = format!("listening {transport}://");
+        let url = loop {
+            let line = lines.recv_timeout(SPAWN_TIMEOUT).unwrap_or_default();
+            if let Some(url) = line.strip_prefix("listening ").filter(|_| line.starts_with(&prefix))
+            {
+                break url.to_string();
+            }
+            if !line.starts_with("listening ") || line.starts_with("listening shm://") {
                 let _ = child.kill();
                 let _ = child.wait();
                 let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-                return Err(format!("spawned server did not start: {line:?}\n{log}"));
+                return Err(format!("spawned server does not serve {transport}: {line:?}\n{log}"));
             }
-        }
-        let url = line.trim().strip_prefix("listening ").expect("checked").to_string();
-        Ok(SpawnedServer { url, child, dir, _stdout: out })
+        };
+        Ok(SpawnedServer { url, child, dir })
     }
 
     /// Stops the server with SIGTERM and returns the counters it prints when it stops.
