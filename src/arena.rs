@@ -26,7 +26,7 @@ use std::sync::Arc;
 use crate::metrics::{self, Metrics};
 
 /// Huge page size on x86-64 and arm64 with 4 KiB base pages; also the chunk size.
-pub const HUGE_PAGE: usize = 2 << 20;
+pub use rdmq_client::shm::HUGE_PAGE;
 /// Batches above this go to the heap: a chunk should hold a few of them.
 pub const ARENA_BATCH_MAX: usize = HUGE_PAGE / 4;
 /// Spans start on 8-byte boundaries (record headers are read field by field either way).

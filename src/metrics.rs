@@ -27,7 +27,7 @@ metrics! {
     dead_lettered: "Queue messages moved to a dead-letter queue.",
     topic_dropped: "Topic messages dropped for slow subscribers (drop_oldest policy).",
     slow_disconnects: "Subscribers disconnected for being slow (disconnect policy).",
-    ring_bytes_out: "Bytes written into shared-memory and RDMA clients' rings.",
+    ring_bytes_out: "Bytes copied from a shared-memory or RDMA connection's output buffer into its ring (replies, and deliveries that could not be written into the ring directly).",
     copy_in_bytes: "Bytes the server copied out of what it received into memory it keeps: a socket's bytes into its reassembly buffer (TCP, gateways), a published batch into the shard's message memory its records then live in (every transport).",
     arena_heap_bytes: "Published bytes kept on the heap instead of the shards' huge-page message memory (batches over 512 KiB, or every 2 MiB chunk still held by unconsumed messages).",
     copy_journal_bytes: "Record bytes a journal copied (only dead letters gathered from many batches; published batches are written from where they were received).",

@@ -94,7 +94,7 @@ impl Server {
         };
         let ctls: Vec<ShardCtl> = (0..n)
             .map(|_| {
-                let eventfd = sys::eventfd().map_err(|e| format!("eventfd: {e}"))?;
+                let eventfd = rdmq_client::shm::eventfd().map_err(|e| format!("eventfd: {e}"))?;
                 Ok(ShardCtl { sleeping: AtomicBool::new(false), eventfd })
             })
             .collect::<Result<_, String>>()?;

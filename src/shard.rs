@@ -12,7 +12,7 @@
 #![allow(unsafe_code)]
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -470,7 +470,7 @@ impl Shard {
                 Ok(()) => {
                     std::sync::atomic::fence(Ordering::SeqCst);
                     if self.ctls[peer].sleeping.load(Ordering::SeqCst) {
-                        sys::eventfd_signal(self.ctls[peer].eventfd.as_raw_fd());
+                        rdmq_client::shm::signal(self.ctls[peer].eventfd.as_fd());
                     }
                 }
                 Err(batch) => {

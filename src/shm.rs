@@ -75,7 +75,10 @@ impl Shard {
             if !has_input(conn, &region, high_water) {
                 continue;
             }
-            work += (self.ring_input(slot, &region) > 0) as usize;
+            if self.ring_input(slot, &region) == 0 {
+                continue;
+            }
+            work += 1;
             if let Some(ring) = self.conns[slot as usize].as_mut().and_then(|c| c.ring.as_mut()) {
                 ring.after_consume();
             }
@@ -294,13 +297,13 @@ fn has_input(conn: &Conn, region: &Region, high_water: usize) -> bool {
 /// Whether output held back by a full outgoing ring can move (or the client's head is
 /// impossible, which the flush reports).
 fn held_output_can_move(conn: &Conn, region: &Region) -> bool {
-    let free = region.s2c().free_after(conn.ring_pos.tx_tail.get());
-    // `None`: the head is impossible, which the flush reports.
-    let enough = |need: usize| free.is_none_or(|f| f > 0 && f >= need);
-    if !conn.sending.is_empty() {
-        enough(1)
+    // The free space the next piece of output needs, if anything waits.
+    let need = if !conn.sending.is_empty() {
+        1
     } else if !conn.held.is_empty() {
-        enough(conn.held_need)
+        conn.held_need.max(1)
+    } else if conn.closing {
+        return false;
     } else {
         // Topic messages waiting in subscription buffers (`Conn::pump`): the smallest front
         // frame must fit (one larger than the ring goes through the output: any room will do).
@@ -309,7 +312,11 @@ fn held_output_can_move(conn: &Conn, region: &Region) -> bool {
             n if n > ring => 1,
             n => n,
         };
-        let front = conn.subs.values().filter_map(|s| s.pending.front()).map(need).min();
-        !conn.closing && front.is_some_and(enough)
-    }
+        match conn.subs.values().filter_map(|s| s.pending.front()).map(need).min() {
+            Some(n) => n,
+            None => return false,
+        }
+    };
+    // `None`: the head is impossible, which the flush reports.
+    region.s2c().free_after(conn.ring_pos.tx_tail.get()).is_none_or(|free| free >= need)
 }

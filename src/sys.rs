@@ -156,21 +156,6 @@ pub fn tune_allocator() {
     }
 }
 
-/// A non-blocking eventfd: the way one shard wakes another that sleeps in its ring.
-pub fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: eventfd(2) with constant flags; the result is checked.
-    let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
-    // SAFETY: `fd` was just created and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Adds one to an eventfd counter. EAGAIN (counter saturated) still means "awake", so it is fine.
-pub fn eventfd_signal(fd: RawFd) {
-    let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a live u64 to an eventfd the caller keeps open.
-    let _ = unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
-}
-
 /// Pins the calling thread to one CPU. Failure (e.g. a restricted cpuset) is reported, not fatal.
 pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET write within it; the size passed matches.

@@ -16,7 +16,8 @@
 //! mapping:      [control][c2s][c2s again][s2c][s2c again]
 //! ```
 //! Each ring is mapped twice back to back, so any span of up to `cap` bytes that starts anywhere
-//! in the ring is contiguous in memory: the server parses frames in place even where they wrap.
+//! in the ring is contiguous in memory: a frame is copied out of it in one piece even where it
+//! wraps.
 //!
 //! Positions only grow: a ring's `tail` counts bytes written (stored by its producer, release),
 //! `head` bytes consumed (stored by its consumer, release). Free space is
@@ -52,7 +53,7 @@ const HANDSHAKE_LEN: usize = 32;
 const HANDSHAKE_FDS: usize = 3;
 /// Ordinary and huge page sizes: rings and the control block are whole pages of the mapping.
 const PAGE: usize = 4096;
-const HUGE_PAGE: usize = 2 << 20;
+pub const HUGE_PAGE: usize = 2 << 20;
 /// Smallest and largest ring: one frame header plus a small body at least; bounded so one
 /// connection cannot ask for absurd amounts of memory.
 pub const RING_BYTES_MIN: usize = 64 << 10;
@@ -152,7 +153,7 @@ impl Region {
                 libc::madvise(
                     region.base.as_ptr().cast(),
                     ctrl_bytes + 4 * cap,
-                    23, // MADV_POPULATE_WRITE (Linux 5.14)
+                    libc::MADV_POPULATE_WRITE, // Linux 5.14
                 )
             };
             cvt(rc)?;
@@ -345,17 +346,6 @@ impl Ring<'_> {
     pub fn copy_out(&self, pos: u64, dst: &mut [u8]) {
         // SAFETY: `dst` is a private slice of exactly that length.
         unsafe { self.copy_to(pos, dst.as_mut_ptr(), dst.len()) };
-    }
-
-    /// Consumer: `len` bytes from `pos` copied straight into a new shared buffer (one copy).
-    pub fn arc_out(&self, pos: u64, len: usize) -> std::sync::Arc<[u8]> {
-        let mut arc = std::sync::Arc::<[u8]>::new_uninit_slice(len);
-        let dst = std::sync::Arc::get_mut(&mut arc).expect("just made");
-        // SAFETY: the destination is the new allocation's `len` bytes, which nothing else
-        // references.
-        unsafe { self.copy_to(pos, dst.as_mut_ptr().cast::<u8>(), len) };
-        // SAFETY: every one of the `len` bytes was initialised by the copy above.
-        unsafe { arc.assume_init() }
     }
 
     /// Consumer keeping its own head: publishes it, giving the space before it back.
@@ -1024,7 +1014,6 @@ mod tests {
         let mut out = [0u8; 3];
         tx.copy_out(0, &mut out);
         assert_eq!(&out, b"abc");
-        assert_eq!(&*tx.arc_out(1, 2), b"bc");
     }
 
     #[test]

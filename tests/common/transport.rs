@@ -1,5 +1,6 @@
 //! Cases every client transport must pass, written once against a URL: the shared-memory tests
-//! (`tests/shm.rs`) run them over `shm://`, and an RDMA suite would run the same over `rdma://`.
+//! (`tests/shm.rs`) run them over `shm://`, `tests/rdma.rs` over `rdma://`, and `tests/queues.rs`
+//! uses some over TCP.
 //! Each case uses queues of its own, so they can share a server.
 
 use std::collections::{BTreeMap, BTreeSet};
