@@ -190,9 +190,7 @@ impl Config {
             "" => Some(self.data_dir.join("rdmq.sock")),
             p => Some(PathBuf::from(p)),
         };
-        let ring = self.shm_ring_bytes;
-        let (lo, hi) = (rdmq_client::shm::RING_BYTES_MIN, rdmq_client::shm::RING_BYTES_MAX);
-        if !ring.is_power_of_two() || ring < lo || ring > hi {
+        if !rdmq_client::shm::ring_bytes_ok(self.shm_ring_bytes) {
             return Err("shm_ring_bytes must be a power of two from 64 KiB to 1 GiB".into());
         }
         self.rdma_addr = match self.rdma_listen.trim() {
@@ -210,7 +208,7 @@ impl Config {
             },
         };
         let max = self.rdma_ring_bytes_max;
-        if !max.is_power_of_two() || max < lo || max > hi {
+        if !rdmq_client::shm::ring_bytes_ok(max) {
             return Err("rdma_ring_bytes_max must be a power of two from 64 KiB to 1 GiB".into());
         }
         if self.rdma_connections_max == 0 || self.rdma_connections_max > 1024 {
@@ -237,7 +235,7 @@ impl Config {
 }
 
 /// The RDMA listener's port when `rdma_listen` is empty: the one after the native port.
-pub const RDMA_DEFAULT_PORT: u16 = 7421;
+pub use rdmq_client::DEFAULT_RDMA_PORT as RDMA_DEFAULT_PORT;
 
 /// A gateway listener setting: `off` (or an empty string) disables it, else an address.
 pub fn parse_listen(v: &str) -> Result<Option<SocketAddr>, String> {

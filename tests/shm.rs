@@ -267,7 +267,9 @@ fn malformed_bytes_in_the_ring_close_only_that_connection() {
     // Impossible ring positions: a tail far past the head.
     let mut s = raw_shm(&server);
     s.region().ctrl().c2s_tail.0.store(u64::MAX / 2, std::sync::atomic::Ordering::Release);
-    s.write_some(b"x"); // wakes the shard if it sleeps
+    // Nothing is written (the ring looks full) and no wake-up is sent: the shard finds the
+    // positions on its next look at the ring (every pass, or its housekeeping tick asleep).
+    s.write_some(b"x");
     let (c, msg) = fatal_error(&mut s);
     assert_eq!(c, code::PROTOCOL_ERROR, "{msg}");
     assert!(msg.contains("ring positions"), "{msg}");

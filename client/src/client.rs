@@ -225,7 +225,7 @@ fn ring_transport(mut s: Box<dyn RingStream>, opts: &mut ConnectionOptions) -> (
 /// Ring bytes per direction an RDMA client asks for (the server caps it with
 /// `rdma_ring_bytes_max`, 4 MiB by default).
 #[cfg(feature = "rdma")]
-const RDMA_RING_BYTES: usize = 1 << 20;
+pub const RDMA_RING_BYTES: usize = 1 << 20;
 
 struct Inner {
     sock: Transport,

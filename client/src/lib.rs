@@ -31,12 +31,15 @@ mod error;
 mod mutate;
 mod url;
 
+/// The RDMA ring size a client asks for.
+#[cfg(feature = "rdma")]
+pub use client::RDMA_RING_BYTES;
 pub use client::{
     Connection, ConnectionOptions, Consumer, Delivery, Message, Producer, QueueOptions, Receipt,
     Subscription,
 };
 pub use error::Error;
-pub use url::Endpoint;
+pub use url::{Endpoint, DEFAULT_RDMA_PORT};
 pub use wire::declare::Durability;
 /// Error codes, for matching on [`Error::code`].
 pub use wire::error::code as error_code;

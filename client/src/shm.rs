@@ -107,13 +107,18 @@ pub struct Region {
     file: OwnedFd,
 }
 
+/// Whether `ring_bytes` is a ring size the protocol allows: a power of two from
+/// [`RING_BYTES_MIN`] to [`RING_BYTES_MAX`].
+pub fn ring_bytes_ok(ring_bytes: usize) -> bool {
+    ring_bytes.is_power_of_two() && (RING_BYTES_MIN..=RING_BYTES_MAX).contains(&ring_bytes)
+}
+
 impl Region {
     /// Creates a region with rings of `ring_bytes` (a power of two, at least
     /// [`RING_BYTES_MIN`]) in a new memfd: in huge pages if `try_huge` and the kernel has them
     /// free, else in ordinary pages.
     pub fn create(ring_bytes: usize, try_huge: bool) -> io::Result<Region> {
-        if !ring_bytes.is_power_of_two() || !(RING_BYTES_MIN..=RING_BYTES_MAX).contains(&ring_bytes)
-        {
+        if !ring_bytes_ok(ring_bytes) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("shm ring of {ring_bytes} bytes: must be a power of two in 64 KiB..1 GiB"),
@@ -170,7 +175,7 @@ impl Region {
     /// Maps a region received in a handshake and checks its control block.
     fn open(file: OwnedFd, ctrl_bytes: usize, cap: usize, huge: bool) -> io::Result<Region> {
         let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
-        if !cap.is_power_of_two() || !(RING_BYTES_MIN..=RING_BYTES_MAX).contains(&cap) {
+        if !ring_bytes_ok(cap) {
             return Err(bad(format!("shm handshake: ring of {cap} bytes")));
         }
         if ctrl_bytes != if huge { HUGE_PAGE } else { PAGE } {

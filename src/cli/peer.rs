@@ -77,7 +77,7 @@ pub struct PeerArgs {
 
 /// Ring bytes of a raw RDMA baseline: the client crate's own RDMA ring size.
 #[cfg(feature = "rdma")]
-pub const RAW_RDMA_RING_BYTES: usize = 1 << 20;
+pub const RAW_RDMA_RING_BYTES: usize = rdmq_client::RDMA_RING_BYTES;
 
 /// Ring bytes of a raw shm baseline: the server's default `shm_ring_bytes`, so both sides
 /// move the same amount per wake-up.

@@ -193,12 +193,7 @@ impl Server {
 
     /// A client connection with waits bounded well below the test's own patience.
     pub fn connect(&self) -> Connection {
-        let opts = ConnectionOptions {
-            request_timeout: Duration::from_secs(20),
-            client_name: "rdmq-it".into(),
-            ..Default::default()
-        };
-        Connection::connect_with(&self.url, opts).expect("connect to test server")
+        self.connect_url(&self.url)
     }
 
     /// A client connection to `url` (another transport of this server) with the same bounds.
