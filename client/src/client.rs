@@ -310,9 +310,12 @@ impl<V: Default> IdMap<V> {
 /// DELIVER frame buffers kept for reuse: enough for a consumer holding a full credit window
 /// spread over many frames, small enough to scan per frame.
 const FRAME_POOL_MAX: usize = 64;
-/// Bytes a PUBLISH frame adds around one message at most: frame header, destination name,
-/// batch header, record header. Messages are checked against the frame limit less this.
-const FRAME_OVERHEAD_MAX: usize = 1024;
+/// Bytes a PUBLISH frame adds around one message at most: frame header, kind and destination
+/// name, batch header, record header. Messages are checked against the frame limit less this.
+const FRAME_OVERHEAD_MAX: usize = crate::wire::FRAME_HEADER_LEN
+    + crate::wire::publish::PREFIX_MAX
+    + crate::wire::record::BATCH_HEADER_LEN
+    + crate::wire::record::RECORD_HEADER_LEN;
 /// How long a writer facing a full ring sleeps before looking at its input again.
 const RING_WRITE_WAIT: Duration = Duration::from_millis(1);
 /// Read buffer growth step: one read syscall takes up to this much.
@@ -921,10 +924,7 @@ impl Producer {
         let mut inner = self.inner.borrow_mut();
         inner.check_open()?;
         inner.take_publish_error()?;
-        let size = payload.len()
-            + meta.correlation_id.len()
-            + meta.reply_to.len()
-            + meta.headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>();
+        let size = crate::wire::record::record_body_len(meta, payload);
         // Over TCP the bound is the server's frame limit (from WELCOME), less room for the
         // frame's own fields; over shm and RDMA, half the ring.
         let max = inner.record_max.min(inner.server_frame_max.saturating_sub(FRAME_OVERHEAD_MAX));

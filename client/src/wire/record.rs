@@ -270,6 +270,17 @@ pub fn set_base_seq(batch: &mut [u8], seq: u64) {
     batch[BASE_SEQ_AT..BASE_SEQ_AT + 8].copy_from_slice(&seq.to_le_bytes());
 }
 
+/// Bytes of a record after its fixed header: correlation id, reply-to, headers, payload.
+pub fn record_body_len(meta: &RecordMeta<'_>, payload: &[u8]) -> usize {
+    meta.correlation_id.len() + meta.reply_to.len() + headers_len(meta) + payload.len()
+}
+
+/// Bytes of a record's encoded headers (each a 2-byte key length, 2-byte value length, key,
+/// value).
+fn headers_len(meta: &RecordMeta<'_>) -> usize {
+    meta.headers.iter().map(|(k, v)| 4 + k.len() + v.len()).sum()
+}
+
 /// The optional parts of a message; the payload is passed separately.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RecordMeta<'a> {
@@ -309,13 +320,7 @@ impl BatchBuilder {
 
     /// Appends one record. Panics if a field exceeds its length type (caller's bug).
     pub fn push(&mut self, out: &mut Vec<u8>, meta: &RecordMeta<'_>, payload: &[u8]) {
-        let headers_len: usize =
-            meta.headers.iter().map(|(k, v)| 4 + k.len() + v.len()).sum::<usize>();
-        let len = RECORD_HEADER_LEN
-            + meta.correlation_id.len()
-            + meta.reply_to.len()
-            + headers_len
-            + payload.len();
+        let len = RECORD_HEADER_LEN + record_body_len(meta, payload);
         let len = u32::try_from(len).expect("record larger than 4 GiB");
         out.reserve(len as usize);
         out.extend_from_slice(&len.to_le_bytes());
@@ -329,7 +334,7 @@ impl BatchBuilder {
         let rl = u16::try_from(meta.reply_to.len()).expect("reply-to too long");
         out.extend_from_slice(&cl.to_le_bytes());
         out.extend_from_slice(&rl.to_le_bytes());
-        out.extend_from_slice(&(headers_len as u32).to_le_bytes());
+        out.extend_from_slice(&(headers_len(meta) as u32).to_le_bytes());
         out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         out.extend_from_slice(meta.correlation_id);
         out.extend_from_slice(meta.reply_to);
